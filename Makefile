@@ -1,0 +1,30 @@
+SHELL := bash -o errexit -o pipefail -o nounset
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+REPO ?= /tmp/trishanku/gitcd
+
+.PHONY: help run build test deps lint fmt
+
+help: ## List the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## Build every binary (release)
+	$(CARGO) build --release --bins
+
+run: ## Build and start gitcd on the default repository ($(REPO)), listening on 127.0.0.1:2379
+	$(CARGO) run --release --bin gitcd -- serve --repo $(REPO)
+
+deps: ## Install what the tests need: etcdctl and etcd (Debian etcd-client, etcd-server), git
+	@if ! command -v etcdctl >/dev/null || ! command -v etcd >/dev/null || ! command -v git >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-client etcd-server git; \
+	fi
+
+lint: ## Check formatting and clippy lints
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: deps lint ## Install test dependencies, lint, and run every test
+	$(CARGO) test --workspace
+
+fmt: ## Format the code
+	$(CARGO) fmt

@@ -1,0 +1,211 @@
+//! The metadata format: gitcd's per-key bookkeeping and the store's root
+//! entries, as stored in the metadata tree (see `docs/format.md`).
+//!
+//! Layout of a metadata tree:
+//!
+//! ```text
+//! format      "gitcd/1"
+//! revision    the store revision this commit brings the store to
+//! data        the id of the data commit this revision describes
+//! compact     the compact revision (absent until the first Compact)
+//! leases      one line per lease: "<id> <ttl>" (absent when none)
+//! keys/ab/cdef…   one blob per key, named by the SHA-1 of the key bytes
+//! ```
+
+use std::fmt::Write as _;
+
+/// The value of the `format` root entry this code writes and reads.
+pub const FORMAT: &str = "gitcd/1";
+/// Root entry names.
+pub const FORMAT_ENTRY: &str = "format";
+pub const REVISION_ENTRY: &str = "revision";
+pub const DATA_ENTRY: &str = "data";
+pub const COMPACT_ENTRY: &str = "compact";
+pub const LEASES_ENTRY: &str = "leases";
+pub const KEYS_DIR: &str = "keys";
+
+/// The bookkeeping etcd keeps for a live key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KeyMeta {
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+/// A metadata blob that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed metadata blob: {reason}")]
+pub struct ParseError {
+    reason: String,
+}
+
+impl ParseError {
+    fn new(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into() }
+    }
+}
+
+/// The path of a key's metadata blob below `keys/`: two levels, the first
+/// named by two hex digits of the key's SHA-1, so that each tree stays small
+/// however many keys one data directory holds.
+pub fn key_path(key: &[u8]) -> [String; 2] {
+    let hex = sha1_smol::Sha1::from(key).digest().to_string();
+    [hex[..2].to_owned(), hex[2..].to_owned()]
+}
+
+/// Encodes a key's metadata blob: one `name value` line per field, the key
+/// itself first (percent-escaped, see [`crate::keys::escape`]).
+pub fn encode_key(key: &[u8], meta: &KeyMeta) -> Vec<u8> {
+    let mut out = String::with_capacity(key.len() + 64);
+    let _ = writeln!(out, "key {}", crate::keys::escape(key));
+    let _ = writeln!(out, "create {}", meta.create_revision);
+    let _ = writeln!(out, "mod {}", meta.mod_revision);
+    let _ = writeln!(out, "version {}", meta.version);
+    if meta.lease != 0 {
+        let _ = writeln!(out, "lease {}", meta.lease);
+    }
+    out.into_bytes()
+}
+
+/// Decodes a key's metadata blob into the key and its metadata.
+pub fn decode_key(blob: &[u8]) -> Result<(Vec<u8>, KeyMeta), ParseError> {
+    let mut key = None;
+    let mut meta = KeyMeta::default();
+    for line in blob.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let (name, value) = split_field(line)?;
+        match name {
+            b"key" => key = Some(crate::keys::unescape(value)),
+            b"create" => meta.create_revision = parse_int(name, value)?,
+            b"mod" => meta.mod_revision = parse_int(name, value)?,
+            b"version" => meta.version = parse_int(name, value)?,
+            b"lease" => meta.lease = parse_int(name, value)?,
+            // Unknown fields are kept for forward compatibility: ignored.
+            _ => {}
+        }
+    }
+    let key = key.ok_or_else(|| ParseError::new("no `key` line"))?;
+    Ok((key, meta))
+}
+
+/// A lease as persisted: its id and granted TTL in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub id: i64,
+    pub ttl: i64,
+}
+
+/// Encodes the `leases` root entry.
+pub fn encode_leases<'a>(leases: impl IntoIterator<Item = &'a LeaseRecord>) -> Vec<u8> {
+    let mut out = String::new();
+    for l in leases {
+        let _ = writeln!(out, "{} {}", l.id, l.ttl);
+    }
+    out.into_bytes()
+}
+
+/// Decodes the `leases` root entry.
+pub fn decode_leases(blob: &[u8]) -> Result<Vec<LeaseRecord>, ParseError> {
+    blob.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let (id, ttl) = split_field(line)?;
+            Ok(LeaseRecord {
+                id: parse_int(b"lease id", id)?,
+                ttl: parse_int(b"lease ttl", ttl)?,
+            })
+        })
+        .collect()
+}
+
+/// Parses a decimal integer root entry such as `revision` or `compact`.
+pub fn decode_int(name: &str, blob: &[u8]) -> Result<i64, ParseError> {
+    parse_int(name.as_bytes(), blob.trim_ascii())
+}
+
+fn split_field(line: &[u8]) -> Result<(&[u8], &[u8]), ParseError> {
+    let at = line
+        .iter()
+        .position(|b| *b == b' ')
+        .ok_or_else(|| ParseError::new(format!("line {:?} has no value", String::from_utf8_lossy(line))))?;
+    Ok((&line[..at], &line[at + 1..]))
+}
+
+fn parse_int(name: &[u8], value: &[u8]) -> Result<i64, ParseError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            ParseError::new(format!(
+                "{} is not a decimal integer: {:?}",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(value)
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_blob_round_trip() -> Result<(), ParseError> {
+        let cases = [
+            (
+                b"/registry/pods/ns/a".to_vec(),
+                KeyMeta {
+                    create_revision: 2,
+                    mod_revision: 9,
+                    version: 3,
+                    lease: 0,
+                },
+            ),
+            (
+                b"x\ny\xff".to_vec(),
+                KeyMeta {
+                    create_revision: 1,
+                    mod_revision: 1,
+                    version: 1,
+                    lease: 7587,
+                },
+            ),
+        ];
+        for (key, meta) in cases {
+            let blob = encode_key(&key, &meta);
+            assert_eq!(decode_key(&blob)?, (key, meta));
+        }
+        let blob = encode_key(
+            b"/a",
+            &KeyMeta {
+                create_revision: 2,
+                mod_revision: 3,
+                version: 2,
+                lease: 0,
+            },
+        );
+        assert_eq!(blob, b"key /a\ncreate 2\nmod 3\nversion 2\n");
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_blobs_are_refused() {
+        assert!(decode_key(b"create 1\n").is_err());
+        assert!(decode_key(b"key /a\nmod x\n").is_err());
+        assert!(decode_key(b"key /a\nmod\n").is_err());
+        assert!(decode_int("revision", b"12\n").is_ok());
+    }
+
+    #[test]
+    fn leases_round_trip() -> Result<(), ParseError> {
+        let leases = [LeaseRecord { id: 1, ttl: 60 }, LeaseRecord { id: 99, ttl: 15 }];
+        assert_eq!(decode_leases(&encode_leases(&leases))?, leases);
+        Ok(())
+    }
+
+    #[test]
+    fn key_paths_shard_by_hash() {
+        let [a, b] = key_path(b"/a");
+        assert_eq!(a.len(), 2);
+        assert_eq!(b.len(), 38);
+    }
+}

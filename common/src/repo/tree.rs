@@ -1,0 +1,365 @@
+//! Git trees: parsing, encoding, and an editable in-memory cache of the trees
+//! along the paths gitcd writes, so that a write re-encodes only the trees it
+//! changes and never re-reads the rest.
+
+use std::collections::BTreeMap;
+
+use gix::ObjectId;
+
+use super::{Kind, LocalRepo, ObjectWriter, RepoError};
+use crate::keys::SELF_NAME;
+
+/// Git's modes, as written in trees.
+pub const MODE_TREE: u32 = 0o40000;
+pub const MODE_BLOB: u32 = 0o100644;
+pub const MODE_EXEC: u32 = 0o100755;
+pub const MODE_LINK: u32 = 0o120000;
+pub const MODE_COMMIT: u32 = 0o160000;
+
+/// One entry of a tree object as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEntry {
+    pub mode: u32,
+    pub name: Vec<u8>,
+    pub id: ObjectId,
+}
+
+impl RawEntry {
+    pub fn is_tree(&self) -> bool {
+        self.mode == MODE_TREE
+    }
+    /// Files gitcd serves as keys: regular, executable and symlink blobs.
+    pub fn is_file(&self) -> bool {
+        matches!(self.mode, MODE_BLOB | MODE_EXEC | MODE_LINK)
+    }
+}
+
+/// Parses the body of a tree object.
+pub fn parse(id: ObjectId, mut data: &[u8]) -> Result<Vec<RawEntry>, RepoError> {
+    let malformed = || RepoError::Malformed {
+        id,
+        message: "truncated tree entry".into(),
+    };
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let sp = data.iter().position(|b| *b == b' ').ok_or_else(malformed)?;
+        let mode = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+            .ok_or_else(malformed)?;
+        let rest = &data[sp + 1..];
+        let nul = rest.iter().position(|b| *b == 0).ok_or_else(malformed)?;
+        let name = rest[..nul].to_vec();
+        let oid = rest.get(nul + 1..nul + 21).ok_or_else(malformed)?;
+        out.push(RawEntry {
+            mode: normalize_mode(mode),
+            name,
+            id: ObjectId::from_bytes_or_panic(oid),
+        });
+        data = &rest[nul + 21..];
+    }
+    Ok(out)
+}
+
+fn normalize_mode(mode: u32) -> u32 {
+    match mode & 0o170000 {
+        0o040000 => MODE_TREE,
+        0o120000 => MODE_LINK,
+        0o160000 => MODE_COMMIT,
+        _ if mode & 0o100 != 0 => MODE_EXEC,
+        _ => MODE_BLOB,
+    }
+}
+
+/// Git orders tree entries by name, comparing a tree's name as if it ended
+/// in `/`. The map key of a child is that sort key.
+fn sort_key(name: &[u8], is_tree: bool) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1);
+    k.extend_from_slice(name);
+    if is_tree {
+        k.push(b'/');
+    }
+    k
+}
+
+#[derive(Clone, Debug)]
+enum Child {
+    /// A blob, symlink or gitlink: anything that is not a tree.
+    Leaf { mode: u32, id: ObjectId },
+    /// A subtree, loaded on first use.
+    Tree { id: ObjectId, node: Option<Box<TreeNode>> },
+}
+
+/// An editable tree. Subtrees are loaded from the repository when first
+/// walked into and then kept; `id` is the object id while the node is clean.
+#[derive(Clone, Debug, Default)]
+pub struct TreeNode {
+    children: BTreeMap<Vec<u8>, Child>,
+    id: Option<ObjectId>,
+}
+
+impl TreeNode {
+    /// The empty tree.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Loads the tree `id` (one level; subtrees stay unloaded).
+    pub fn load(repo: &LocalRepo, id: ObjectId) -> Result<Self, RepoError> {
+        let mut children = BTreeMap::new();
+        for e in repo.tree_entries(id)? {
+            let child = if e.is_tree() {
+                Child::Tree { id: e.id, node: None }
+            } else {
+                Child::Leaf { mode: e.mode, id: e.id }
+            };
+            children.insert(sort_key(&e.name, e.is_tree()), child);
+        }
+        Ok(Self { children, id: Some(id) })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
+    fn subtree_mut(&mut self, repo: &LocalRepo, name: &[u8]) -> Result<Option<&mut TreeNode>, RepoError> {
+        match self.children.get_mut(&sort_key(name, true)) {
+            Some(Child::Tree { id, node }) => {
+                if node.is_none() {
+                    *node = Some(Box::new(TreeNode::load(repo, *id)?));
+                }
+                Ok(node.as_deref_mut())
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn leaf(&self, name: &[u8]) -> Option<(u32, ObjectId)> {
+        match self.children.get(&sort_key(name, false)) {
+            Some(Child::Leaf { mode, id }) => Some((*mode, *id)),
+            _ => None,
+        }
+    }
+
+    fn set_leaf(&mut self, name: &[u8], mode: u32, id: ObjectId) {
+        self.id = None;
+        self.children.insert(sort_key(name, false), Child::Leaf { mode, id });
+    }
+
+    fn remove_leaf(&mut self, name: &[u8]) -> bool {
+        let removed = self.children.remove(&sort_key(name, false)).is_some();
+        if removed {
+            self.id = None;
+        }
+        removed
+    }
+
+    /// Stores blob `id` as the value at `path` (a key's natural path, see
+    /// [`crate::keys`]), keeping the `%self` rule: a value whose path is a
+    /// directory lives in it as `%self`, and a value in the way of a new
+    /// directory moves into it.
+    pub fn put(&mut self, repo: &LocalRepo, path: &[String], id: ObjectId) -> Result<(), RepoError> {
+        let (last, dirs) = path.split_last().expect("a key path has at least one segment");
+        let mut node = self;
+        for name in dirs {
+            let name = name.as_bytes();
+            node.id = None;
+            if node.subtree_mut(repo, name)?.is_none() {
+                let mut dir = TreeNode::empty();
+                if let Some((mode, blob)) = node.leaf(name) {
+                    node.remove_leaf(name);
+                    dir.set_leaf(SELF_NAME.as_bytes(), mode, blob);
+                }
+                node.children.insert(
+                    sort_key(name, true),
+                    Child::Tree {
+                        id: ObjectId::null(gix::hash::Kind::Sha1),
+                        node: Some(Box::new(dir)),
+                    },
+                );
+            }
+            node = node
+                .subtree_mut(repo, name)?
+                .expect("the directory exists: it was found or just inserted");
+        }
+        let last = last.as_bytes();
+        node.id = None;
+        let mode = node
+            .leaf(last)
+            .map(|(m, _)| m)
+            .filter(|m| *m != MODE_COMMIT)
+            .unwrap_or(MODE_BLOB);
+        match node.subtree_mut(repo, last)? {
+            Some(dir) => dir.set_leaf(SELF_NAME.as_bytes(), MODE_BLOB, id),
+            None => node.set_leaf(last, mode, id),
+        }
+        Ok(())
+    }
+
+    /// Removes the value at `path`; directories left empty disappear and a
+    /// directory left holding only `%self` turns back into that file.
+    pub fn remove(&mut self, repo: &LocalRepo, path: &[String]) -> Result<bool, RepoError> {
+        let (first, rest) = path.split_first().expect("a key path has at least one segment");
+        let name = first.as_bytes();
+        if rest.is_empty() {
+            if self.remove_leaf(name) {
+                return Ok(true);
+            }
+            let removed = match self.subtree_mut(repo, name)? {
+                Some(dir) => dir.remove_leaf(SELF_NAME.as_bytes()),
+                None => false,
+            };
+            if removed {
+                self.id = None;
+                self.tidy(name);
+            }
+            return Ok(removed);
+        }
+        let removed = match self.subtree_mut(repo, name)? {
+            Some(dir) => dir.remove(repo, rest)?,
+            None => false,
+        };
+        if removed {
+            self.id = None;
+            self.tidy(name);
+        }
+        Ok(removed)
+    }
+
+    /// After a removal below directory `name`: drop it when empty, and fold
+    /// it back into a file when only `%self` is left.
+    fn tidy(&mut self, name: &[u8]) {
+        let key = sort_key(name, true);
+        let Some(Child::Tree { node: Some(dir), .. }) = self.children.get(&key) else {
+            return;
+        };
+        if dir.children.is_empty() {
+            self.children.remove(&key);
+        } else if dir.children.len() == 1
+            && let Some((mode, id)) = dir.leaf(SELF_NAME.as_bytes())
+        {
+            self.children.remove(&key);
+            self.set_leaf(name, mode, id);
+        }
+    }
+
+    /// Sets a file directly in this tree (for metadata root entries).
+    pub fn set_file(&mut self, name: &str, id: ObjectId) {
+        self.set_leaf(name.as_bytes(), MODE_BLOB, id);
+    }
+
+    /// Removes a file directly in this tree.
+    pub fn remove_file(&mut self, name: &str) {
+        self.remove_leaf(name.as_bytes());
+    }
+
+    /// Writes every changed tree and returns the root's id.
+    pub fn write(&mut self, out: &mut ObjectWriter) -> Result<ObjectId, RepoError> {
+        if let Some(id) = self.id {
+            return Ok(id);
+        }
+        let mut buf = Vec::with_capacity(self.children.len() * 64);
+        for (key, child) in self.children.iter_mut() {
+            let (mode, id, name) = match child {
+                Child::Leaf { mode, id } => (*mode, *id, &key[..]),
+                Child::Tree { id, node } => {
+                    if let Some(node) = node {
+                        *id = node.write(out)?;
+                    }
+                    (MODE_TREE, *id, &key[..key.len() - 1])
+                }
+            };
+            buf.extend_from_slice(format!("{mode:o} ").as_bytes());
+            buf.extend_from_slice(name);
+            buf.push(0);
+            buf.extend_from_slice(id.as_bytes());
+        }
+        let id = out.write(Kind::Tree, &buf)?;
+        self.id = Some(id);
+        Ok(id)
+    }
+}
+
+/// A path as tree entry names from some root.
+pub type Path = Vec<Vec<u8>>;
+
+/// Every file below tree `root`, with its path, in Git order. Gitlinks are
+/// skipped: they are not files.
+pub fn walk_files(repo: &LocalRepo, root: ObjectId) -> Result<Vec<(Path, ObjectId)>, RepoError> {
+    let mut out = Vec::new();
+    let mut path = Vec::new();
+    walk_into(repo, root, &mut path, &mut out)?;
+    Ok(out)
+}
+
+fn walk_into(
+    repo: &LocalRepo,
+    tree: ObjectId,
+    path: &mut Vec<Vec<u8>>,
+    out: &mut Vec<(Path, ObjectId)>,
+) -> Result<(), RepoError> {
+    for e in repo.tree_entries(tree)? {
+        path.push(e.name.clone());
+        if e.is_tree() {
+            walk_into(repo, e.id, path, out)?;
+        } else if e.is_file() {
+            out.push((path.clone(), e.id));
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
+/// The files that differ between trees `old` and `new` (either may be
+/// absent): `(path, new blob or None when removed)`. Unchanged subtrees are
+/// skipped without being read.
+pub fn diff_files(
+    repo: &LocalRepo,
+    old: Option<ObjectId>,
+    new: Option<ObjectId>,
+) -> Result<Vec<(Path, Option<ObjectId>)>, RepoError> {
+    let mut out = Vec::new();
+    let mut path = Vec::new();
+    diff_into(repo, old, new, &mut path, &mut out)?;
+    Ok(out)
+}
+
+fn diff_into(
+    repo: &LocalRepo,
+    old: Option<ObjectId>,
+    new: Option<ObjectId>,
+    path: &mut Vec<Vec<u8>>,
+    out: &mut Vec<(Path, Option<ObjectId>)>,
+) -> Result<(), RepoError> {
+    if old == new {
+        return Ok(());
+    }
+    let load = |id: Option<ObjectId>| -> Result<BTreeMap<Vec<u8>, RawEntry>, RepoError> {
+        Ok(match id {
+            Some(id) => repo
+                .tree_entries(id)?
+                .into_iter()
+                .map(|e| (sort_key(&e.name, e.is_tree()), e))
+                .collect(),
+            None => BTreeMap::new(),
+        })
+    };
+    let (a, b) = (load(old)?, load(new)?);
+    let names: std::collections::BTreeSet<&Vec<u8>> = a.keys().chain(b.keys()).collect();
+    for key in names {
+        let (ea, eb) = (a.get(key), b.get(key));
+        let entry = ea.or(eb).expect("the name comes from one of the trees");
+        path.push(entry.name.clone());
+        if entry.is_tree() {
+            diff_into(repo, ea.map(|e| e.id), eb.map(|e| e.id), path, out)?;
+        } else {
+            let fa = ea.filter(|e| e.is_file()).map(|e| e.id);
+            let fb = eb.filter(|e| e.is_file()).map(|e| e.id);
+            if fa != fb {
+                out.push((path.clone(), fb));
+            }
+        }
+        path.pop();
+    }
+    Ok(())
+}

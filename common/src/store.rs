@@ -1,0 +1,328 @@
+//! The MVCC store over Git: etcd's key-value semantics, with every revision a
+//! commit (see `docs/format.md` and `docs/architecture.md`).
+//!
+//! Readers take an immutable [`Snapshot`] (persistent maps, so taking one is
+//! O(1)); reads at the current revision never touch Git. Historical reads go
+//! to the revision's commits. One writer thread applies writes in order,
+//! groups the requests that queue up while it commits, makes the whole group
+//! durable with one round of fsync, and only then publishes the new snapshot
+//! and answers.
+
+mod apply;
+mod history;
+mod range;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use gix::ObjectId;
+use tokio::sync::oneshot;
+
+use crate::meta::KeyMeta;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
+};
+use crate::proto::mvccpb;
+use crate::repo::{Repo, RepoError, Signature};
+
+pub use apply::is_read_only;
+pub use range::KeyRange;
+
+/// etcd's errors, and ours. The gRPC layer maps each to etcd's exact status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("the store is shutting down")]
+    Stopped,
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("repository is not a gitcd store as expected: {0}")]
+    Corrupt(String),
+}
+
+/// How a store is found and written.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Repository path; created bare when missing.
+    pub repo: PathBuf,
+    pub data_ref: String,
+    pub metadata_ref: String,
+    pub committer: Signature,
+    /// Revision of the oldest data commit when metadata is first built.
+    pub start_revision: i64,
+    /// How often the data ref is checked for commits made by others.
+    pub poll_interval: std::time::Duration,
+}
+
+impl StoreConfig {
+    /// The seed's defaults for a repository path.
+    pub fn with_repo(repo: impl Into<PathBuf>) -> Self {
+        Self {
+            repo: repo.into(),
+            data_ref: "refs/heads/main".into(),
+            metadata_ref: "refs/gitcd/metadata/refs/heads/main".into(),
+            committer: Signature {
+                name: "trishanku".into(),
+                email: "trishanku@heaven.com".into(),
+            },
+            start_revision: 1,
+            poll_interval: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+/// A live key: its bookkeeping and value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kv {
+    pub meta: KeyMeta,
+    pub value: Bytes,
+}
+
+impl Kv {
+    pub fn to_proto(&self, key: &Bytes) -> mvccpb::KeyValue {
+        mvccpb::KeyValue {
+            key: key.clone(),
+            create_revision: self.meta.create_revision,
+            mod_revision: self.meta.mod_revision,
+            version: self.meta.version,
+            value: self.value.clone(),
+            lease: self.meta.lease,
+        }
+    }
+}
+
+/// A lease the store knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub id: i64,
+    pub ttl: i64,
+    pub keys: imbl::OrdSet<Bytes>,
+}
+
+/// The state at one revision, as readers see it.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub revision: i64,
+    /// etcd's compactMainRev: -1 until the first compaction.
+    pub compact_revision: i64,
+    pub kvs: imbl::OrdMap<Bytes, Kv>,
+    pub leases: imbl::OrdMap<i64, Lease>,
+}
+
+/// Where each revision lives in Git.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevisionCommits {
+    pub metadata: ObjectId,
+    pub data: ObjectId,
+}
+
+/// revision -> commits, for every revision of the store. Appended by the
+/// writer before it publishes; readers only ask for published revisions.
+#[derive(Debug, Default)]
+pub(crate) struct RevisionIndex {
+    first: i64,
+    commits: Vec<RevisionCommits>,
+}
+
+impl RevisionIndex {
+    fn get(&self, revision: i64) -> Option<RevisionCommits> {
+        let i = usize::try_from(revision.checked_sub(self.first)?).ok()?;
+        self.commits.get(i).copied()
+    }
+
+    fn set(&mut self, revision: i64, commits: RevisionCommits) {
+        if self.commits.is_empty() {
+            self.first = revision;
+        }
+        let i = usize::try_from(revision - self.first).expect("revisions only grow");
+        if i < self.commits.len() {
+            self.commits[i] = commits;
+        } else {
+            self.commits.push(commits);
+        }
+    }
+}
+
+/// A write for the writer thread.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+    LeaseGrant { id: i64, ttl: i64 },
+    LeaseRevoke { id: i64 },
+}
+
+/// What a write answers.
+#[derive(Debug)]
+pub enum WriteResult {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    /// Compaction and lease changes answer with the revision they saw.
+    Revision(i64),
+    LeaseGranted {
+        id: i64,
+        ttl: i64,
+        revision: i64,
+    },
+}
+
+pub(crate) struct Job {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteResult, StoreError>>,
+}
+
+struct Shared {
+    snapshot: RwLock<Arc<Snapshot>>,
+    revisions: Arc<RwLock<RevisionIndex>>,
+    repo: Repo,
+    /// Object store size at start; the writer adds what it writes.
+    db_size_base: i64,
+    db_size: std::sync::atomic::AtomicI64,
+}
+
+/// A handle to an open store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+/// Limits the number of queued writes; beyond it senders wait.
+const QUEUE_DEPTH: usize = 4096;
+
+impl Store {
+    /// Opens (creating or initialising as needed) the store and starts its
+    /// writer thread. Blocking: call it from a blocking context.
+    pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
+        let repo = Repo::open_or_init(&config.repo)?;
+        let db_size = crate::repo::dir_size(&repo.git_dir().join("objects"));
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_DEPTH);
+        let db_size = i64::try_from(db_size).unwrap_or(i64::MAX);
+        let loaded = writer::Writer::open(&repo, &config)?;
+        let shared = Arc::new(Shared {
+            snapshot: RwLock::new(Arc::new(loaded.snapshot())),
+            revisions: loaded.index(),
+            repo,
+            db_size_base: db_size,
+            db_size: std::sync::atomic::AtomicI64::new(db_size),
+        });
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("gitcd-writer".into())
+            .spawn(move || loaded.run(thread_shared, rx))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self { shared, jobs: tx })
+    }
+
+    /// Builds or catches up the metadata of `config`'s data ref and returns
+    /// the revision reached, without serving.
+    pub fn init(config: &StoreConfig) -> Result<i64, StoreError> {
+        let repo = Repo::open_or_init(&config.repo)?;
+        let w = writer::Writer::open(&repo, config)?;
+        Ok(w.snapshot().revision)
+    }
+
+    /// The latest published state.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared
+            .snapshot
+            .read()
+            .expect("snapshot lock is never poisoned: holders do not panic")
+            .clone()
+    }
+
+    /// Size of the repository's object store in bytes, kept as a running
+    /// count (no directory walk per call).
+    pub fn db_size(&self) -> i64 {
+        self.shared.db_size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Serves a Range. Current-revision reads use the snapshot; older ones
+    /// read Git on a blocking thread.
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
+        let snap = self.snapshot();
+        match range::read_revision(&snap, req.revision)? {
+            None => Ok(range::range_snapshot(&snap, &req)),
+            Some(rev) => {
+                let shared = self.shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    let repo = shared.repo.local();
+                    let commits = shared
+                        .revisions
+                        .read()
+                        .expect("revision index lock is never poisoned")
+                        .get(rev)
+                        .ok_or(StoreError::Compacted)?;
+                    let kvs = history::read_range(&repo, commits, &KeyRange::from_request(&req.key, &req.range_end))?;
+                    Ok(range::select(&req, snap.revision, kvs.len() as i64, kvs.into_iter()))
+                })
+                .await
+                .map_err(|_| StoreError::Stopped)?
+            }
+        }
+    }
+
+    /// Serves a Txn without writes against the latest snapshot, without
+    /// queueing behind writes (as etcd does).
+    pub async fn read_txn(&self, req: TxnRequest) -> Result<TxnResponse, StoreError> {
+        let mut snap = (*self.snapshot()).clone();
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let repo = shared.repo.local();
+            let history = |rev: i64, range: &KeyRange| {
+                let commits = shared
+                    .revisions
+                    .read()
+                    .expect("revision index lock is never poisoned")
+                    .get(rev)
+                    .ok_or(StoreError::Compacted)?;
+                history::read_range(&repo, commits, range)
+            };
+            let begin = snap.revision;
+            let mut apply = apply::Apply {
+                state: &mut snap,
+                begin,
+                changes: Vec::new(),
+                history: &history,
+            };
+            apply.txn(&req)
+        })
+        .await
+        .map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Queues a write and waits until it is durable.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let jobs = self.jobs.clone();
+        let job = Job { op, reply };
+        match jobs.try_send(job) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(job)) => {
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .map_err(|_| StoreError::Stopped)?
+                    .map_err(|_| StoreError::Stopped)?;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Stopped),
+        }
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+}

@@ -1,0 +1,360 @@
+//! Applying one write request to the writer's working state, with etcd's
+//! semantics (its `apply` and `txn` code paths): all changes of a request
+//! form one revision, `begin + 1`, and a request that changes nothing makes
+//! no revision.
+
+use bytes::Bytes;
+
+use super::range::{KeyRange, range_map, select};
+use super::{Kv, Snapshot, StoreError};
+use crate::meta::KeyMeta;
+use crate::proto::etcdserverpb::{
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare, request_op, response_op,
+};
+
+/// One key's change within a revision.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub key: Bytes,
+    pub prev: Option<Kv>,
+    /// `None` for a delete.
+    pub new: Option<Kv>,
+}
+
+/// Reads a past revision (from Git) for a Range inside a Txn.
+pub type HistoryReader<'a> = dyn Fn(i64, &KeyRange) -> Result<Vec<(Bytes, Kv)>, StoreError> + 'a;
+
+/// The application of one request on top of `state` at revision `begin`.
+pub struct Apply<'a> {
+    pub state: &'a mut Snapshot,
+    pub begin: i64,
+    pub changes: Vec<Change>,
+    pub history: &'a HistoryReader<'a>,
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+impl Apply<'_> {
+    /// The revision the request's changes get.
+    fn next(&self) -> i64 {
+        self.begin + 1
+    }
+
+    /// The revision a read inside this request sees.
+    fn current(&self) -> i64 {
+        if self.changes.is_empty() {
+            self.begin
+        } else {
+            self.next()
+        }
+    }
+
+    /// A standalone Put (etcd checks its lease first).
+    pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, StoreError> {
+        if req.lease != 0 && !self.state.leases.contains_key(&req.lease) {
+            return Err(StoreError::LeaseNotFound);
+        }
+        self.put_in_txn(req)
+    }
+
+    fn put_in_txn(&mut self, req: &PutRequest) -> Result<PutResponse, StoreError> {
+        let prev = self.state.kvs.get(req.key.as_ref()).cloned();
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(StoreError::KeyNotFound);
+        }
+        let value = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => req.value.clone(),
+        };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.meta.lease,
+            _ => req.lease,
+        };
+        let rev = self.next();
+        let meta = match &prev {
+            Some(p) => KeyMeta {
+                create_revision: p.meta.create_revision,
+                mod_revision: rev,
+                version: p.meta.version + 1,
+                lease,
+            },
+            None => KeyMeta {
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+                lease,
+            },
+        };
+        let kv = Kv { meta, value };
+        self.attach(&req.key, prev.as_ref().map(|p| p.meta.lease), Some(lease));
+        self.state.kvs.insert(req.key.clone(), kv.clone());
+        let prev_kv = if req.prev_kv {
+            prev.as_ref().map(|p| p.to_proto(&req.key))
+        } else {
+            None
+        };
+        self.changes.push(Change {
+            key: req.key.clone(),
+            prev,
+            new: Some(kv),
+        });
+        Ok(PutResponse {
+            header: header(rev),
+            prev_kv,
+        })
+    }
+
+    /// Moves `key` from lease `old` to lease `new` in the lease index.
+    fn attach(&mut self, key: &Bytes, old: Option<i64>, new: Option<i64>) {
+        if old == new {
+            return;
+        }
+        if let Some(old) = old.filter(|l| *l != 0)
+            && let Some(l) = self.state.leases.get_mut(&old)
+        {
+            l.keys.remove(key);
+        }
+        if let Some(new) = new.filter(|l| *l != 0)
+            && let Some(l) = self.state.leases.get_mut(&new)
+        {
+            l.keys.insert(key.clone());
+        }
+    }
+
+    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let range = KeyRange::from_request(&req.key, &req.range_end);
+        let doomed: Vec<(Bytes, Kv)> = range
+            .iter(&self.state.kvs)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let prev_kvs = if req.prev_kv {
+            doomed.iter().map(|(k, v)| v.to_proto(k)).collect()
+        } else {
+            Vec::new()
+        };
+        let deleted = doomed.len() as i64;
+        for (key, kv) in doomed {
+            self.attach(&key, Some(kv.meta.lease), None);
+            self.state.kvs.remove(&key);
+            self.changes.push(Change {
+                key,
+                prev: Some(kv),
+                new: None,
+            });
+        }
+        let revision = if deleted != 0 || !self.changes.is_empty() {
+            self.next()
+        } else {
+            self.begin
+        };
+        DeleteRangeResponse {
+            header: header(revision),
+            deleted,
+            prev_kvs,
+        }
+    }
+
+    /// A Range inside a Txn, which sees the Txn's earlier writes.
+    fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
+        let current = self.current();
+        let rev = if req.revision <= 0 { current } else { req.revision };
+        if rev < self.state.compact_revision {
+            return Err(StoreError::Compacted);
+        }
+        if rev == current {
+            return Ok(range_map(&self.state.kvs, current, req));
+        }
+        let range = KeyRange::from_request(&req.key, &req.range_end);
+        let kvs = if rev == self.begin {
+            // The state before this request: undo its changes.
+            let mut before = self.state.kvs.clone();
+            for c in self.changes.iter().rev() {
+                match &c.prev {
+                    Some(p) => before.insert(c.key.clone(), p.clone()),
+                    None => before.remove(&c.key),
+                };
+            }
+            range.iter(&before).map(|(k, v)| (k.clone(), v.clone())).collect()
+        } else {
+            (self.history)(rev, &range)?
+        };
+        Ok(select(req, current, kvs.len() as i64, kvs.into_iter()))
+    }
+
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, StoreError> {
+        let path = self.compare_path(req);
+        self.check_requests(req, &path, &|a, op| a.check_range(op))?;
+        if !is_read_only(req) {
+            self.check_requests(req, &path, &|a, op| a.check_put(op))?;
+        }
+        let mut resp = TxnResponse::default();
+        self.apply_txn(req, &path, &mut resp)?;
+        resp.header = header(self.current());
+        Ok(resp)
+    }
+
+    /// Evaluates the compares of a txn and of the nested txns on the path it
+    /// will take, all against the state before any of its writes.
+    fn compare_path(&self, req: &TxnRequest) -> Vec<bool> {
+        let ok = req.compare.iter().all(|c| self.compare(c));
+        let mut path = vec![ok];
+        for op in if ok { &req.success } else { &req.failure } {
+            if let Some(request_op::Request::RequestTxn(t)) = &op.request {
+                path.extend(self.compare_path(t));
+            }
+        }
+        path
+    }
+
+    fn compare(&self, c: &Compare) -> bool {
+        let range = KeyRange::from_request(&c.key, &c.range_end);
+        let mut any = false;
+        for (_, kv) in range.iter(&self.state.kvs) {
+            any = true;
+            if !compare_kv(c, Some(kv)) {
+                return false;
+            }
+        }
+        any || compare_kv(c, None)
+    }
+
+    fn check_requests(
+        &self,
+        req: &TxnRequest,
+        path: &[bool],
+        check: &dyn Fn(&Self, &RequestOp) -> Result<(), StoreError>,
+    ) -> Result<usize, StoreError> {
+        let mut path = path;
+        let mut txns = 0;
+        let ops = if path[0] { &req.success } else { &req.failure };
+        for op in ops {
+            if let Some(request_op::Request::RequestTxn(t)) = &op.request {
+                let n = self.check_requests(t, &path[1..], check)?;
+                txns += n + 1;
+                path = &path[n + 1..];
+                continue;
+            }
+            check(self, op)?;
+        }
+        Ok(txns)
+    }
+
+    fn check_range(&self, op: &RequestOp) -> Result<(), StoreError> {
+        let Some(request_op::Request::RequestRange(r)) = &op.request else {
+            return Ok(());
+        };
+        if r.revision == 0 {
+            Ok(())
+        } else if r.revision > self.begin {
+            Err(StoreError::FutureRevision)
+        } else if r.revision < self.state.compact_revision {
+            Err(StoreError::Compacted)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_put(&self, op: &RequestOp) -> Result<(), StoreError> {
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            return Ok(());
+        };
+        if (p.ignore_value || p.ignore_lease) && !self.state.kvs.contains_key(p.key.as_ref()) {
+            return Err(StoreError::KeyNotFound);
+        }
+        if p.lease != 0 && !self.state.leases.contains_key(&p.lease) {
+            return Err(StoreError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    fn apply_txn(&mut self, req: &TxnRequest, path: &[bool], resp: &mut TxnResponse) -> Result<usize, StoreError> {
+        let mut path = path;
+        resp.succeeded = path[0];
+        let ops = if path[0] { &req.success } else { &req.failure };
+        let mut txns = 0;
+        for op in ops {
+            let r = match &op.request {
+                Some(request_op::Request::RequestRange(r)) => {
+                    Some(response_op::Response::ResponseRange(self.range(r)?))
+                }
+                Some(request_op::Request::RequestPut(p)) => {
+                    Some(response_op::Response::ResponsePut(self.put_in_txn(p)?))
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    Some(response_op::Response::ResponseDeleteRange(self.delete_range(d)))
+                }
+                Some(request_op::Request::RequestTxn(t)) => {
+                    // etcd leaves a nested txn's header without a revision.
+                    let mut nested = TxnResponse {
+                        header: Some(ResponseHeader::default()),
+                        ..Default::default()
+                    };
+                    let n = self.apply_txn(t, &path[1..], &mut nested)?;
+                    txns += n + 1;
+                    path = &path[n + 1..];
+                    Some(response_op::Response::ResponseTxn(nested))
+                }
+                None => None,
+            };
+            resp.responses.push(ResponseOp { response: r });
+        }
+        Ok(txns)
+    }
+}
+
+/// Whether a txn (all branches, nested too) has no writes.
+pub fn is_read_only(req: &TxnRequest) -> bool {
+    req.success.iter().chain(&req.failure).all(|op| match &op.request {
+        Some(request_op::Request::RequestPut(_)) | Some(request_op::Request::RequestDeleteRange(_)) => false,
+        Some(request_op::Request::RequestTxn(t)) => is_read_only(t),
+        _ => true,
+    })
+}
+
+/// etcd's `compareKV`; a missing key compares as an all-zero KeyValue, and a
+/// VALUE compare on a missing key is false.
+fn compare_kv(c: &Compare, kv: Option<&Kv>) -> bool {
+    use compare::{CompareResult, CompareTarget, TargetUnion};
+    let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+    let zero = Kv {
+        meta: KeyMeta::default(),
+        value: Bytes::new(),
+    };
+    let ord = match target {
+        CompareTarget::Value => {
+            let Some(kv) = kv else { return false };
+            let want = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v.as_ref(),
+                _ => &[],
+            };
+            kv.value.as_ref().cmp(want)
+        }
+        _ => {
+            let kv = kv.unwrap_or(&zero);
+            let (have, want) = match (target, &c.target_union) {
+                (CompareTarget::Version, Some(TargetUnion::Version(v))) => (kv.meta.version, *v),
+                (CompareTarget::Version, _) => (kv.meta.version, 0),
+                (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => (kv.meta.create_revision, *v),
+                (CompareTarget::Create, _) => (kv.meta.create_revision, 0),
+                (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => (kv.meta.mod_revision, *v),
+                (CompareTarget::Mod, _) => (kv.meta.mod_revision, 0),
+                (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => (kv.meta.lease, *v),
+                (_, _) => (kv.meta.lease, 0),
+            };
+            have.cmp(&want)
+        }
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord.is_eq(),
+        Ok(CompareResult::NotEqual) => ord.is_ne(),
+        Ok(CompareResult::Greater) => ord.is_gt(),
+        Ok(CompareResult::Less) => ord.is_lt(),
+        Err(_) => true,
+    }
+}

@@ -1,0 +1,126 @@
+//! Reads of past revisions from Git: the data tree of the revision's data
+//! commit gives keys and values, the metadata tree gives their bookkeeping.
+//! Exact at every revision, because every revision is a commit.
+
+use bytes::Bytes;
+
+use super::{KeyRange, Kv, RevisionCommits, StoreError};
+use crate::keys;
+use crate::meta;
+use crate::repo::{Kind, LocalRepo, tree};
+
+/// Every live key of `range` at the revision of `commits`, in key order.
+pub fn read_range(
+    repo: &LocalRepo,
+    commits: RevisionCommits,
+    range: &KeyRange,
+) -> Result<Vec<(Bytes, Kv)>, StoreError> {
+    let data_tree = repo.commit(commits.data)?.tree;
+    let meta_tree = repo.commit(commits.metadata)?.tree;
+    let files = match range {
+        KeyRange::Single(key) => single_file(repo, data_tree, key)?.into_iter().collect(),
+        KeyRange::Interval { start, end } => {
+            let dir = common_directory(start, end.as_deref());
+            let root = if dir.is_empty() {
+                Some(data_tree)
+            } else {
+                let names: Vec<&[u8]> = dir.iter().map(|s| s.as_bytes()).collect();
+                repo.lookup(data_tree, &names)?.filter(|e| e.is_tree()).map(|e| e.id)
+            };
+            let mut out = Vec::new();
+            if let Some(root) = root {
+                for (rel, blob) in tree::walk_files(repo, root)? {
+                    let mut path: Vec<Vec<u8>> = dir.iter().map(|s| s.as_bytes().to_vec()).collect();
+                    path.extend(rel);
+                    let key = keys::decode(&path);
+                    if range.contains(&key) {
+                        out.push((Bytes::from(key), blob));
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out.dedup_by(|a, b| a.0 == b.0);
+            out
+        }
+    };
+    let mut result = Vec::with_capacity(files.len());
+    for (key, blob) in files {
+        let meta = key_meta(repo, meta_tree, &key)?;
+        let value = Bytes::from(repo.read(blob, Kind::Blob)?);
+        result.push((key, Kv { meta, value }));
+    }
+    Ok(result)
+}
+
+/// The metadata of `key` in metadata tree `meta_tree`.
+pub fn key_meta(repo: &LocalRepo, meta_tree: gix::ObjectId, key: &[u8]) -> Result<meta::KeyMeta, StoreError> {
+    let [shard, rest] = meta::key_path(key);
+    let entry = repo
+        .lookup(
+            meta_tree,
+            &[meta::KEYS_DIR.as_bytes(), shard.as_bytes(), rest.as_bytes()],
+        )?
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "metadata tree {meta_tree} has no entry for key {:?}",
+                String::from_utf8_lossy(key)
+            ))
+        })?;
+    let (_, m) = meta::decode_key(&repo.read(entry.id, Kind::Blob)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(m)
+}
+
+fn single_file(
+    repo: &LocalRepo,
+    data_tree: gix::ObjectId,
+    key: &Bytes,
+) -> Result<Option<(Bytes, gix::ObjectId)>, StoreError> {
+    let path = keys::encode(key);
+    let names: Vec<&[u8]> = path.iter().map(|s| s.as_bytes()).collect();
+    Ok(match repo.lookup(data_tree, &names)? {
+        Some(e) if e.is_file() => Some((key.clone(), e.id)),
+        Some(e) if e.is_tree() => repo
+            .lookup(e.id, &[keys::SELF_NAME.as_bytes()])?
+            .filter(|e| e.is_file())
+            .map(|e| (key.clone(), e.id)),
+        _ => None,
+    })
+}
+
+/// The directory (natural path) holding every key of `[start, end)`: the
+/// part of their common prefix up to its last `/`. Empty means the root.
+fn common_directory(start: &[u8], end: Option<&[u8]>) -> Vec<String> {
+    let Some(end) = end else { return Vec::new() };
+    let common = start.iter().zip(end).take_while(|(a, b)| a == b).count();
+    let prefix = &start[..common];
+    if !prefix.starts_with(b"/") {
+        return Vec::new();
+    }
+    match prefix.iter().rposition(|b| *b == b'/') {
+        Some(0) | None => Vec::new(),
+        Some(last) => keys::encode(&prefix[..last]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_directory;
+
+    #[test]
+    fn common_directories() {
+        let cases: &[(&[u8], Option<&[u8]>, &[&str])] = &[
+            (b"/registry/pods/", Some(b"/registry/pods0"), &["registry", "pods"]),
+            (
+                b"/registry/pods/ns/a",
+                Some(b"/registry/pods/ns/b"),
+                &["registry", "pods", "ns"],
+            ),
+            (b"/a", Some(b"/b"), &[]),
+            (b"/a", None, &[]),
+            (b"a/b/", Some(b"a/b0"), &[]),
+        ];
+        for (start, end, dir) in cases {
+            assert_eq!(common_directory(start, *end), *dir);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Range semantics shared by current and historical reads: key intervals,
+//! revision checks, filters, sorting, limits and counts, as etcd does them.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use super::{Kv, Snapshot, StoreError};
+use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, range_request};
+
+/// The keys a request names: etcd's `key` + `range_end` rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRange {
+    /// `range_end` empty: one key.
+    Single(Bytes),
+    /// `[start, end)`; `end` of `None` (`range_end` = `"\0"`) is unbounded.
+    Interval { start: Bytes, end: Option<Bytes> },
+}
+
+impl KeyRange {
+    pub fn from_request(key: &Bytes, range_end: &Bytes) -> Self {
+        if range_end.is_empty() {
+            KeyRange::Single(key.clone())
+        } else if range_end.as_ref() == b"\0" {
+            KeyRange::Interval {
+                start: key.clone(),
+                end: None,
+            }
+        } else {
+            KeyRange::Interval {
+                start: key.clone(),
+                end: Some(range_end.clone()),
+            }
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Single(k) => k.as_ref() == key,
+            KeyRange::Interval { start, end } => key >= start.as_ref() && end.as_ref().is_none_or(|e| key < e.as_ref()),
+        }
+    }
+
+    /// The live entries of `map` in this range, in key order.
+    pub fn iter<'a>(&self, map: &'a imbl::OrdMap<Bytes, Kv>) -> Box<dyn Iterator<Item = (&'a Bytes, &'a Kv)> + 'a> {
+        match self {
+            KeyRange::Single(k) => Box::new(map.get_key_value(k.as_ref()).into_iter()),
+            KeyRange::Interval { start, end } => {
+                let lower = Bound::Included(start.as_ref());
+                match end {
+                    None => Box::new(map.range::<_, [u8]>((lower, Bound::Unbounded))),
+                    Some(e) if e.as_ref() <= start.as_ref() => Box::new(std::iter::empty()),
+                    Some(e) => Box::new(map.range::<_, [u8]>((lower, Bound::Excluded(e.as_ref())))),
+                }
+            }
+        }
+    }
+}
+
+/// Checks a Range's `revision` against the snapshot the way etcd's
+/// `rangeKeys` does. `None` means "read the snapshot itself".
+pub fn read_revision(snap: &Snapshot, revision: i64) -> Result<Option<i64>, StoreError> {
+    if revision > snap.revision {
+        return Err(StoreError::FutureRevision);
+    }
+    let rev = if revision <= 0 { snap.revision } else { revision };
+    if rev < snap.compact_revision {
+        return Err(StoreError::Compacted);
+    }
+    Ok((rev != snap.revision).then_some(rev))
+}
+
+/// A Range over the snapshot at its own revision.
+pub fn range_snapshot(snap: &Snapshot, req: &RangeRequest) -> RangeResponse {
+    range_map(&snap.kvs, snap.revision, req)
+}
+
+/// A Range over `map`, answering with header revision `revision`.
+pub fn range_map(map: &imbl::OrdMap<Bytes, Kv>, revision: i64, req: &RangeRequest) -> RangeResponse {
+    let range = KeyRange::from_request(&req.key, &req.range_end);
+    let entries = range.iter(map);
+    if pushes_down_limit(req) {
+        // The common case: count everything, materialise only `limit + 1`.
+        let mut count = 0i64;
+        let mut kvs = Vec::new();
+        let want = if req.limit > 0 {
+            req.limit as usize + 1
+        } else {
+            usize::MAX
+        };
+        for (k, v) in entries {
+            count += 1;
+            if !req.count_only && kvs.len() < want {
+                kvs.push((k.clone(), v.clone()));
+            }
+        }
+        select(req, revision, count, kvs.into_iter())
+    } else {
+        let kvs: Vec<(Bytes, Kv)> = entries.map(|(k, v)| (k.clone(), v.clone())).collect();
+        select(req, revision, kvs.len() as i64, kvs.into_iter())
+    }
+}
+
+fn pushes_down_limit(req: &RangeRequest) -> bool {
+    req.sort_order == range_request::SortOrder::None as i32
+        && req.sort_target == range_request::SortTarget::Key as i32
+        && req.min_mod_revision == 0
+        && req.max_mod_revision == 0
+        && req.min_create_revision == 0
+        && req.max_create_revision == 0
+}
+
+/// Applies etcd's post-processing to the entries of a range: revision
+/// filters, sorting, `limit`/`more`, `keys_only`, `count_only`. `count` is
+/// the number of keys in the range, unaffected by limit and filters.
+pub fn select(
+    req: &RangeRequest,
+    revision: i64,
+    count: i64,
+    entries: impl Iterator<Item = (Bytes, Kv)>,
+) -> RangeResponse {
+    let header = Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    });
+    if req.count_only {
+        return RangeResponse {
+            header,
+            kvs: Vec::new(),
+            more: false,
+            count,
+        };
+    }
+    let mut kvs: Vec<(Bytes, Kv)> = entries
+        .filter(|(_, kv)| {
+            let m = &kv.meta;
+            (req.max_mod_revision == 0 || m.mod_revision <= req.max_mod_revision)
+                && (req.min_mod_revision == 0 || m.mod_revision >= req.min_mod_revision)
+                && (req.max_create_revision == 0 || m.create_revision <= req.max_create_revision)
+                && (req.min_create_revision == 0 || m.create_revision >= req.min_create_revision)
+        })
+        .collect();
+    let mut order = req.sort_order;
+    if req.sort_target != range_request::SortTarget::Key as i32 && order == range_request::SortOrder::None as i32 {
+        order = range_request::SortOrder::Ascend as i32;
+    }
+    if order != range_request::SortOrder::None as i32 {
+        use range_request::SortTarget as T;
+        match T::try_from(req.sort_target).unwrap_or(T::Key) {
+            T::Key => kvs.sort_by(|a, b| a.0.cmp(&b.0)),
+            T::Version => kvs.sort_by_key(|e| e.1.meta.version),
+            T::Create => kvs.sort_by_key(|e| e.1.meta.create_revision),
+            T::Mod => kvs.sort_by_key(|e| e.1.meta.mod_revision),
+            T::Value => kvs.sort_by(|a, b| a.1.value.cmp(&b.1.value)),
+        }
+        if order == range_request::SortOrder::Descend as i32 {
+            kvs.reverse();
+        }
+    }
+    let mut more = false;
+    if req.limit > 0 && kvs.len() > req.limit as usize {
+        kvs.truncate(req.limit as usize);
+        more = true;
+    }
+    RangeResponse {
+        header,
+        kvs: kvs
+            .into_iter()
+            .map(|(k, kv)| {
+                let mut p = kv.to_proto(&k);
+                if req.keys_only {
+                    p.value = Bytes::new();
+                }
+                p
+            })
+            .collect(),
+        more,
+        count,
+    }
+}

@@ -1,0 +1,694 @@
+//! The single writer: applies writes in order, turns each revision into a
+//! data commit and a metadata commit, makes a whole group of requests
+//! durable with one round of fsync and one compare-and-swap of both refs,
+//! then publishes and answers. It also turns commits that others made on the
+//! data ref into revisions, and builds metadata for existing history.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use gix::ObjectId;
+
+use super::apply::{Apply, Change};
+use super::{
+    Job, KeyRange, Kv, Lease, RevisionCommits, RevisionIndex, Shared, Snapshot, StoreConfig, StoreError, WriteOp,
+    WriteResult, history,
+};
+use crate::keys;
+use crate::meta::{self, KeyMeta, LeaseRecord};
+use crate::repo::{self, Kind, LocalRepo, ObjectWriter, Repo, RepoError, TreeNode, tree};
+
+/// Most requests grouped into one durable batch.
+const MAX_BATCH: usize = 512;
+/// How often a batch is retried when someone else moved a ref under it.
+const MAX_CONFLICT_RETRIES: usize = 3;
+/// etcd's lease limits.
+const MAX_LEASE_TTL: i64 = 9_000_000_000;
+pub const MIN_LEASE_TTL: i64 = 2;
+
+/// What is durable on disk: where to roll back to when a batch fails.
+#[derive(Clone)]
+struct Durable {
+    snapshot: Snapshot,
+    data_head: ObjectId,
+    meta_head: Option<ObjectId>,
+}
+
+pub struct Writer {
+    repo: LocalRepo,
+    objects: ObjectWriter,
+    config: StoreConfig,
+    data_tree: TreeNode,
+    meta_tree: TreeNode,
+    data_head: Option<ObjectId>,
+    meta_head: Option<ObjectId>,
+    working: Snapshot,
+    index: Arc<RwLock<RevisionIndex>>,
+    known_data: HashSet<ObjectId>,
+    durable: Option<Durable>,
+}
+
+impl Writer {
+    /// Opens the store in `repo`: loads it, or builds its metadata first, and
+    /// brings it up to date with the data ref. Leaves everything durable.
+    pub fn open(repo: &Repo, config: &StoreConfig) -> Result<Self, StoreError> {
+        let local = repo.local();
+        let meta_ref = local.ref_target(&config.metadata_ref)?;
+        let data_ref = local.ref_target(&config.data_ref)?;
+        let mut w = Writer {
+            objects: ObjectWriter::new(repo.git_dir()),
+            repo: local,
+            config: config.clone(),
+            data_tree: TreeNode::empty(),
+            meta_tree: TreeNode::empty(),
+            data_head: None,
+            meta_head: None,
+            working: Snapshot {
+                revision: config.start_revision - 1,
+                compact_revision: -1,
+                kvs: imbl::OrdMap::new(),
+                leases: imbl::OrdMap::new(),
+            },
+            index: Arc::new(RwLock::new(RevisionIndex::default())),
+            known_data: HashSet::new(),
+            durable: None,
+        };
+        match meta_ref {
+            None => w.initialize(data_ref)?,
+            Some(m) => {
+                w.load(m)?;
+                w.reconcile(data_ref)?;
+            }
+        }
+        w.mark_durable();
+        Ok(w)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.working.clone()
+    }
+
+    pub fn index(&self) -> Arc<RwLock<RevisionIndex>> {
+        self.index.clone()
+    }
+
+    fn mark_durable(&mut self) {
+        self.durable = Some(Durable {
+            snapshot: self.working.clone(),
+            data_head: self.data_head.expect("an open store has a data commit"),
+            meta_head: self.meta_head,
+        });
+    }
+
+    /// Builds metadata for a repository that has none: a first empty commit
+    /// when the data ref does not exist, else one revision per commit of the
+    /// data ref's first-parent chain, oldest first.
+    fn initialize(&mut self, data_ref: Option<ObjectId>) -> Result<(), StoreError> {
+        match data_ref {
+            None => {
+                let rev = self.working.revision + 1;
+                self.working.revision = rev;
+                self.write_revision(rev, &[], None)?;
+            }
+            Some(head) => {
+                let (chain, _) = self.repo.first_parent_chain(head, |_| false)?;
+                tracing::info!(commits = chain.len(), data_ref = %self.config.data_ref, "building metadata for existing history");
+                self.ingest_chain(&chain)?;
+            }
+        }
+        self.persist(data_ref, None)?;
+        Ok(())
+    }
+
+    /// Loads the store from metadata commit `head`.
+    fn load(&mut self, head: ObjectId) -> Result<(), StoreError> {
+        let commit = self.repo.commit(head)?;
+        let root = self.repo.tree_entries(commit.tree)?;
+        let entry = |name: &str| root.iter().find(|e| e.name == name.as_bytes());
+        let blob = |name: &str| -> Result<Option<Vec<u8>>, StoreError> {
+            match entry(name) {
+                Some(e) => Ok(Some(self.repo.read(e.id, Kind::Blob)?)),
+                None => Ok(None),
+            }
+        };
+        let corrupt = |m: String| StoreError::Corrupt(format!("{} ({head}): {m}", self.config.metadata_ref));
+        let format = blob(meta::FORMAT_ENTRY)?.ok_or_else(|| corrupt("no `format` entry".into()))?;
+        if format.trim_ascii() != meta::FORMAT.as_bytes() {
+            return Err(corrupt(format!(
+                "format {:?} is not {:?}, the one this gitcd reads",
+                String::from_utf8_lossy(&format),
+                meta::FORMAT
+            )));
+        }
+        let int = |name: &str| -> Result<Option<i64>, StoreError> {
+            blob(name)?
+                .map(|b| meta::decode_int(name, &b).map_err(|e| corrupt(e.to_string())))
+                .transpose()
+        };
+        let revision = int(meta::REVISION_ENTRY)?.ok_or_else(|| corrupt("no `revision` entry".into()))?;
+        let compact = int(meta::COMPACT_ENTRY)?.unwrap_or(-1);
+        let data_hex = blob(meta::DATA_ENTRY)?.ok_or_else(|| corrupt("no `data` entry".into()))?;
+        let data = ObjectId::from_hex(data_hex.trim_ascii()).map_err(|e| corrupt(format!("bad `data` entry: {e}")))?;
+        let leases = match blob(meta::LEASES_ENTRY)? {
+            Some(b) => meta::decode_leases(&b).map_err(|e| corrupt(e.to_string()))?,
+            None => Vec::new(),
+        };
+
+        // Keys and values.
+        let data_commit = self.repo.commit(data)?;
+        let mut blobs: BTreeMap<Vec<u8>, ObjectId> = BTreeMap::new();
+        for (path, id) in tree::walk_files(&self.repo, data_commit.tree)? {
+            blobs.insert(keys::decode(&path), id);
+        }
+        let mut kvs = imbl::OrdMap::new();
+        if let Some(keys_dir) = entry(meta::KEYS_DIR) {
+            for (_, id) in tree::walk_files(&self.repo, keys_dir.id)? {
+                let (key, m) =
+                    meta::decode_key(&self.repo.read(id, Kind::Blob)?).map_err(|e| corrupt(e.to_string()))?;
+                let value_id = blobs.get(&key).ok_or_else(|| {
+                    corrupt(format!(
+                        "key {:?} has metadata but no file in data commit {data}",
+                        String::from_utf8_lossy(&key)
+                    ))
+                })?;
+                let value = Bytes::from(self.repo.read(*value_id, Kind::Blob)?);
+                kvs.insert(Bytes::from(key), Kv { meta: m, value });
+            }
+        }
+        let mut lease_map: imbl::OrdMap<i64, Lease> = leases
+            .iter()
+            .map(|l| {
+                (
+                    l.id,
+                    Lease {
+                        id: l.id,
+                        ttl: l.ttl,
+                        keys: imbl::OrdSet::new(),
+                    },
+                )
+            })
+            .collect();
+        for (k, kv) in kvs.iter() {
+            if let Some(l) = lease_map.get_mut(&kv.meta.lease) {
+                l.keys.insert(k.clone());
+            }
+        }
+        self.working = Snapshot {
+            revision,
+            compact_revision: compact,
+            kvs,
+            leases: lease_map,
+        };
+
+        // The revision index: the metadata commits' first-parent chain.
+        let mut index = RevisionIndex::default();
+        let mut entries = Vec::new();
+        let mut current = Some(head);
+        let mut seen = HashSet::new();
+        while let Some(id) = current {
+            let c = self.repo.commit(id)?;
+            let rev = parse_revision(&c.message).ok_or_else(|| {
+                corrupt(format!(
+                    "metadata commit {id} has message {:?}, not a revision",
+                    String::from_utf8_lossy(&c.message)
+                ))
+            })?;
+            let (prev, data) = match c.parents.as_slice() {
+                [prev, data] => (Some(*prev), *data),
+                [] => (None, self.data_entry(c.tree)?),
+                _ => {
+                    return Err(corrupt(format!("metadata commit {id} has {} parents", c.parents.len())));
+                }
+            };
+            if seen.insert(rev) {
+                entries.push((rev, RevisionCommits { metadata: id, data }));
+            }
+            self.known_data.insert(data);
+            current = prev;
+        }
+        entries.reverse();
+        for (rev, commits) in entries {
+            index.set(rev, commits);
+        }
+        *self.index.write().expect("revision index lock is never poisoned") = index;
+        self.data_tree = TreeNode::load(&self.repo, data_commit.tree)?;
+        self.meta_tree = TreeNode::load(&self.repo, commit.tree)?;
+        self.data_head = Some(data);
+        self.meta_head = Some(head);
+        Ok(())
+    }
+
+    /// The data commit named by the `data` entry of metadata tree `tree`.
+    fn data_entry(&self, tree: ObjectId) -> Result<ObjectId, StoreError> {
+        let entry = self
+            .repo
+            .lookup(tree, &[meta::DATA_ENTRY.as_bytes()])?
+            .ok_or_else(|| StoreError::Corrupt(format!("metadata tree {tree} has no `data` entry")))?;
+        let hex = self.repo.read(entry.id, Kind::Blob)?;
+        ObjectId::from_hex(hex.trim_ascii())
+            .map_err(|e| StoreError::Corrupt(format!("metadata tree {tree}: bad `data` entry: {e}")))
+    }
+
+    /// Brings a freshly loaded store and its data ref together: repairs a
+    /// data ref that a crash left behind, or turns commits made by others
+    /// into revisions.
+    fn reconcile(&mut self, data_ref: Option<ObjectId>) -> Result<(), StoreError> {
+        let ours = self.data_head.expect("a loaded store has a data commit");
+        match data_ref {
+            Some(theirs) if theirs == ours => Ok(()),
+            None => {
+                tracing::warn!(data_ref = %self.config.data_ref, commit = %ours, "data ref missing: recreating it");
+                self.repo.update_refs(
+                    &[(&self.config.data_ref, None, ours)],
+                    "gitcd: repair",
+                    &self.config.committer,
+                )?;
+                Ok(())
+            }
+            Some(theirs) => {
+                let mut steps = 0;
+                let (_, found) = self.repo.first_parent_chain(ours, |id| {
+                    steps += 1;
+                    id == theirs || steps > MAX_BATCH + 1
+                })?;
+                if found == Some(theirs) {
+                    tracing::warn!(data_ref = %self.config.data_ref, from = %theirs, to = %ours, "data ref left behind by an interrupted write: moving it forward");
+                    self.repo.update_refs(
+                        &[(&self.config.data_ref, Some(theirs), ours)],
+                        "gitcd: repair",
+                        &self.config.committer,
+                    )?;
+                    Ok(())
+                } else {
+                    let before = self.meta_head;
+                    self.ingest(theirs)?;
+                    self.persist(Some(theirs), before)
+                }
+            }
+        }
+    }
+
+    /// Turns the commits that lead to `target` (beyond the ones already
+    /// revisions) into revisions, diffing each against the current state.
+    fn ingest(&mut self, target: ObjectId) -> Result<Vec<i64>, StoreError> {
+        let known = &self.known_data;
+        let (mut chain, _) = self.repo.first_parent_chain(target, |id| known.contains(&id))?;
+        if chain.is_empty() {
+            chain.push(target);
+        }
+        tracing::info!(commits = chain.len(), data_ref = %self.config.data_ref, head = %target, "picking up commits made outside gitcd");
+        self.ingest_chain(&chain)
+    }
+
+    fn ingest_chain(&mut self, chain: &[ObjectId]) -> Result<Vec<i64>, StoreError> {
+        let mut revisions = Vec::with_capacity(chain.len());
+        for &id in chain {
+            let commit = self.repo.commit(id)?;
+            let old_tree = match self.data_head {
+                Some(_) => Some(self.data_tree.write(&mut self.objects)?),
+                None => None,
+            };
+            let mut by_key: BTreeMap<Vec<u8>, Option<ObjectId>> = BTreeMap::new();
+            for (path, blob) in tree::diff_files(&self.repo, old_tree, Some(commit.tree))? {
+                let key = keys::decode(&path);
+                match blob {
+                    Some(b) => {
+                        by_key.insert(key, Some(b));
+                    }
+                    None => {
+                        by_key.entry(key).or_insert(None);
+                    }
+                }
+            }
+            let rev = self.working.revision + 1;
+            let mut changes = Vec::with_capacity(by_key.len());
+            for (key, blob) in by_key {
+                let key = Bytes::from(key);
+                let prev = self.working.kvs.get(&key).cloned();
+                match blob {
+                    Some(b) => {
+                        let value = Bytes::from(self.repo.read(b, Kind::Blob)?);
+                        let m = match &prev {
+                            Some(p) => KeyMeta {
+                                create_revision: p.meta.create_revision,
+                                mod_revision: rev,
+                                version: p.meta.version + 1,
+                                lease: p.meta.lease,
+                            },
+                            None => KeyMeta {
+                                create_revision: rev,
+                                mod_revision: rev,
+                                version: 1,
+                                lease: 0,
+                            },
+                        };
+                        let kv = Kv { meta: m, value };
+                        self.working.kvs.insert(key.clone(), kv.clone());
+                        changes.push(Change {
+                            key,
+                            prev,
+                            new: Some(kv),
+                        });
+                    }
+                    None => {
+                        if let Some(p) = prev {
+                            if let Some(l) = self.working.leases.get_mut(&p.meta.lease) {
+                                l.keys.remove(&key);
+                            }
+                            self.working.kvs.remove(&key);
+                            changes.push(Change {
+                                key,
+                                prev: Some(p),
+                                new: None,
+                            });
+                        }
+                    }
+                }
+            }
+            self.working.revision = rev;
+            self.data_tree = TreeNode::load(&self.repo, commit.tree)?;
+            self.write_revision(rev, &changes, Some(id))?;
+            revisions.push(rev);
+        }
+        Ok(revisions)
+    }
+
+    /// Writes the commits of revision `rev`: a data commit (unless `external`
+    /// names the data commit that already holds the change) and a metadata
+    /// commit. Objects are written but not yet durable.
+    fn write_revision(&mut self, rev: i64, changes: &[Change], external: Option<ObjectId>) -> Result<(), StoreError> {
+        for c in changes {
+            let [shard, rest] = meta::key_path(&c.key);
+            let meta_path = [meta::KEYS_DIR.to_owned(), shard, rest];
+            match &c.new {
+                Some(kv) => {
+                    if external.is_none() {
+                        let blob = self.objects.write(Kind::Blob, &kv.value)?;
+                        self.data_tree.put(&self.repo, &keys::encode(&c.key), blob)?;
+                    }
+                    let blob = self.objects.write(Kind::Blob, &meta::encode_key(&c.key, &kv.meta))?;
+                    self.meta_tree.put(&self.repo, &meta_path, blob)?;
+                }
+                None => {
+                    if external.is_none() {
+                        self.data_tree.remove(&self.repo, &keys::encode(&c.key))?;
+                    }
+                    self.meta_tree.remove(&self.repo, &meta_path)?;
+                }
+            }
+        }
+        let data = match external {
+            Some(id) => id,
+            None => {
+                let tree = self.data_tree.write(&mut self.objects)?;
+                let parents: Vec<ObjectId> = self.data_head.into_iter().collect();
+                let body = repo::encode_commit(tree, &parents, &self.config.committer, &rev.to_string());
+                self.objects.write(Kind::Commit, &body)?
+            }
+        };
+        self.data_head = Some(data);
+        self.known_data.insert(data);
+        self.write_meta_commit(rev, &rev.to_string())
+    }
+
+    /// Writes a metadata commit for the current state at revision `rev`.
+    fn write_meta_commit(&mut self, rev: i64, message: &str) -> Result<(), StoreError> {
+        let data = self.data_head.expect("metadata describes a data commit");
+        let mut put = |name: &str, content: Option<Vec<u8>>| -> Result<(), RepoError> {
+            match content {
+                Some(c) => {
+                    let id = self.objects.write(Kind::Blob, &c)?;
+                    self.meta_tree.set_file(name, id);
+                }
+                None => self.meta_tree.remove_file(name),
+            }
+            Ok(())
+        };
+        put(meta::FORMAT_ENTRY, Some(format!("{}\n", meta::FORMAT).into_bytes()))?;
+        put(meta::REVISION_ENTRY, Some(format!("{rev}\n").into_bytes()))?;
+        put(meta::DATA_ENTRY, Some(format!("{data}\n").into_bytes()))?;
+        let compact = self.working.compact_revision;
+        put(
+            meta::COMPACT_ENTRY,
+            (compact >= 0).then(|| format!("{compact}\n").into_bytes()),
+        )?;
+        let leases: Vec<LeaseRecord> = self
+            .working
+            .leases
+            .values()
+            .map(|l| LeaseRecord { id: l.id, ttl: l.ttl })
+            .collect();
+        put(
+            meta::LEASES_ENTRY,
+            (!leases.is_empty()).then(|| meta::encode_leases(&leases)),
+        )?;
+        let tree = self.meta_tree.write(&mut self.objects)?;
+        // The data commit is the second parent (it stays reachable from the
+        // metadata ref); the first metadata commit has no parent at all, so
+        // that `git log --first-parent` walks metadata only.
+        let parents: Vec<ObjectId> = match self.meta_head {
+            Some(prev) => vec![prev, data],
+            None => Vec::new(),
+        };
+        let body = repo::encode_commit(tree, &parents, &self.config.committer, message);
+        let id = self.objects.write(Kind::Commit, &body)?;
+        self.meta_head = Some(id);
+        self.index
+            .write()
+            .expect("revision index lock is never poisoned")
+            .set(rev, RevisionCommits { metadata: id, data });
+        Ok(())
+    }
+
+    /// Makes everything written durable and moves the refs from what they
+    /// were (`data_before`, `meta_before`) to the new heads, atomically with
+    /// compare-and-swap.
+    fn persist(&mut self, data_before: Option<ObjectId>, meta_before: Option<ObjectId>) -> Result<(), StoreError> {
+        self.objects.sync()?;
+        let meta = self.meta_head.expect("persist after writing metadata");
+        let data = self.data_head.expect("persist after writing data");
+        let mut edits = vec![(self.config.metadata_ref.as_str(), meta_before, meta)];
+        if data_before != Some(data) {
+            edits.push((self.config.data_ref.as_str(), data_before, data));
+        }
+        let message = format!("gitcd: revision {}", self.working.revision);
+        self.repo.update_refs(&edits, &message, &self.config.committer)?;
+        Ok(())
+    }
+
+    /// Serves write jobs until every [`super::Store`] handle is dropped.
+    pub fn run(mut self, shared: Arc<Shared>, jobs: Receiver<Job>) {
+        loop {
+            let mut batch = Vec::new();
+            match jobs.recv_timeout(self.config.poll_interval) {
+                Ok(job) => batch.push(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let (ops, replies): (Vec<WriteOp>, Vec<_>) = batch.into_iter().map(|j| (j.op, j.reply)).unzip();
+            let results = self.run_batch(&shared, &ops);
+            for (reply, result) in replies.into_iter().zip(results) {
+                // The requester may have gone away; the write stands.
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn run_batch(&mut self, shared: &Shared, ops: &[WriteOp]) -> Vec<Result<WriteResult, StoreError>> {
+        let mut attempt = 0;
+        loop {
+            match self.try_batch(ops) {
+                Ok(results) => {
+                    self.mark_durable();
+                    *shared.snapshot.write().expect("snapshot lock is never poisoned") = Arc::new(self.working.clone());
+                    shared.db_size.store(
+                        shared.db_size_base + self.objects.bytes_written() as i64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    return results;
+                }
+                Err(e) => {
+                    let conflict = matches!(e, StoreError::Repo(RepoError::RefConflict { .. }));
+                    if let Err(reload) = self.rollback() {
+                        tracing::error!(error = %reload, "cannot reload the store after a failed write; stopping writes");
+                        return ops.iter().map(|_| Err(StoreError::Stopped)).collect();
+                    }
+                    if conflict && attempt < MAX_CONFLICT_RETRIES {
+                        attempt += 1;
+                        tracing::info!(error = %e, attempt, "refs moved under a write; retrying on top of them");
+                        continue;
+                    }
+                    tracing::error!(error = %e, "write failed");
+                    let msg = e.to_string();
+                    return ops
+                        .iter()
+                        .map(|_| Err(StoreError::Corrupt(format!("write failed: {msg}"))))
+                        .collect();
+                }
+            }
+        }
+    }
+
+    /// Forgets everything not durable: reloads from the refs.
+    fn rollback(&mut self) -> Result<(), StoreError> {
+        let repo_meta = self.repo.ref_target(&self.config.metadata_ref)?;
+        let durable = self.durable.clone().expect("an open store is durable");
+        if repo_meta == durable.meta_head {
+            self.working = durable.snapshot;
+            self.data_head = Some(durable.data_head);
+            self.meta_head = durable.meta_head;
+            let data_tree = self.repo.commit(durable.data_head)?.tree;
+            self.data_tree = TreeNode::load(&self.repo, data_tree)?;
+            self.meta_tree = match durable.meta_head {
+                Some(m) => TreeNode::load(&self.repo, self.repo.commit(m)?.tree)?,
+                None => TreeNode::empty(),
+            };
+        } else if let Some(m) = repo_meta {
+            // Someone else wrote metadata: start over from it.
+            self.load(m)?;
+            self.mark_durable();
+        }
+        Ok(())
+    }
+
+    fn try_batch(&mut self, ops: &[WriteOp]) -> Result<Vec<Result<WriteResult, StoreError>>, StoreError> {
+        let durable = self.durable.clone().expect("an open store is durable");
+        let data_ref = self.repo.ref_target(&self.config.data_ref)?;
+        let mut wrote = false;
+        if data_ref != Some(durable.data_head)
+            && let Some(theirs) = data_ref
+        {
+            self.ingest(theirs)?;
+            wrote = true;
+        }
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let before = self.working.clone();
+            let begin = before.revision;
+            match self.apply(op) {
+                Err(e) => {
+                    self.working = before;
+                    results.push(Err(e));
+                }
+                Ok((result, changes, meta_changed)) => {
+                    if !changes.is_empty() {
+                        self.working.revision = begin + 1;
+                        self.write_revision(begin + 1, &changes, None)?;
+                        wrote = true;
+                    } else if meta_changed {
+                        self.write_meta_commit(begin, &format!("{begin}\n\n{}", op_summary(op)))?;
+                        wrote = true;
+                    }
+                    results.push(Ok(result));
+                }
+            }
+        }
+        if wrote {
+            let data_before = data_ref.or(Some(durable.data_head));
+            self.persist(data_before, durable.meta_head)?;
+        }
+        Ok(results)
+    }
+
+    /// Applies one op to the working state: its answer, its key changes, and
+    /// whether it changed metadata outside the keys (compaction, leases).
+    fn apply(&mut self, op: &WriteOp) -> Result<(WriteResult, Vec<Change>, bool), StoreError> {
+        let repo = &self.repo;
+        let index = &self.index;
+        let history = |rev: i64, range: &KeyRange| {
+            let commits = index
+                .read()
+                .expect("revision index lock is never poisoned")
+                .get(rev)
+                .ok_or(StoreError::Compacted)?;
+            history::read_range(repo, commits, range)
+        };
+        let begin = self.working.revision;
+        let mut a = Apply {
+            state: &mut self.working,
+            begin,
+            changes: Vec::new(),
+            history: &history,
+        };
+        let (result, meta_changed) = match op {
+            WriteOp::Put(p) => (WriteResult::Put(a.put(p)?), false),
+            WriteOp::DeleteRange(d) => (WriteResult::DeleteRange(a.delete_range(d)), false),
+            WriteOp::Txn(t) => (WriteResult::Txn(a.txn(t)?), false),
+            WriteOp::Compact(c) => {
+                if c.revision <= a.state.compact_revision {
+                    return Err(StoreError::Compacted);
+                }
+                if c.revision > a.state.revision {
+                    return Err(StoreError::FutureRevision);
+                }
+                a.state.compact_revision = c.revision;
+                (WriteResult::Revision(begin), true)
+            }
+            WriteOp::LeaseGrant { id, ttl } => {
+                if *ttl > MAX_LEASE_TTL {
+                    return Err(StoreError::LeaseTtlTooLarge);
+                }
+                let mut id = *id;
+                if a.state.leases.contains_key(&id) {
+                    return Err(StoreError::LeaseExists);
+                }
+                while id == 0 || a.state.leases.contains_key(&id) {
+                    id = rand::random::<i64>() & i64::MAX;
+                }
+                let ttl = (*ttl).max(MIN_LEASE_TTL);
+                a.state.leases.insert(
+                    id,
+                    Lease {
+                        id,
+                        ttl,
+                        keys: imbl::OrdSet::new(),
+                    },
+                );
+                (
+                    WriteResult::LeaseGranted {
+                        id,
+                        ttl,
+                        revision: begin,
+                    },
+                    true,
+                )
+            }
+            WriteOp::LeaseRevoke { id } => {
+                let lease = a.state.leases.remove(id).ok_or(StoreError::LeaseNotFound)?;
+                for key in lease.keys.iter() {
+                    a.delete_range(&crate::proto::etcdserverpb::DeleteRangeRequest {
+                        key: key.clone(),
+                        ..Default::default()
+                    });
+                }
+                let revision = if a.changes.is_empty() { begin } else { begin + 1 };
+                (WriteResult::Revision(revision), true)
+            }
+        };
+        let changes = a.changes;
+        Ok((result, changes, meta_changed))
+    }
+}
+
+fn op_summary(op: &WriteOp) -> String {
+    match op {
+        WriteOp::Compact(c) => format!("compact {}", c.revision),
+        WriteOp::LeaseGrant { id, ttl } => format!("lease grant {id} ttl {ttl}"),
+        WriteOp::LeaseRevoke { id } => format!("lease revoke {id}"),
+        _ => "metadata".into(),
+    }
+}
+
+/// The revision a metadata commit message names: its first line, in decimal.
+pub fn parse_revision(message: &[u8]) -> Option<i64> {
+    let first = message.split(|b| *b == b'\n').next()?;
+    std::str::from_utf8(first).ok()?.trim().parse().ok()
+}

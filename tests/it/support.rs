@@ -1,0 +1,246 @@
+//! Test helpers: real repositories made by `git`, the real server on an
+//! ephemeral loopback port, `etcdctl`, and a real etcd as the oracle.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use common::proto::etcdserverpb::{
+    StatusRequest, kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+};
+use common::server::ServeConfig;
+use common::store::StoreConfig;
+use tonic::transport::Channel;
+
+/// Polls `f` until it returns `Ok(Some(_))` or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match f().await {
+            Ok(Some(t)) => return Ok(t),
+            Ok(None) => {}
+            Err(e) => last = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}; last error: {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// gRPC clients of one endpoint.
+#[derive(Clone)]
+pub struct Client {
+    pub kv: KvClient<Channel>,
+    pub maintenance: MaintenanceClient<Channel>,
+    pub lease: LeaseClient<Channel>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Result<Self> {
+        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        Ok(Self {
+            kv: KvClient::new(channel.clone()).max_decoding_message_size(usize::MAX),
+            maintenance: MaintenanceClient::new(channel.clone()),
+            lease: LeaseClient::new(channel),
+        })
+    }
+
+    /// Connects once the endpoint answers Status.
+    pub async fn ready(addr: SocketAddr) -> Result<Self> {
+        eventually(&format!("{addr} to answer Status"), Duration::from_secs(60), || async move {
+            let mut c = Self::connect(addr).await?;
+            c.maintenance.status(StatusRequest {}).await?;
+            Ok(Some(c))
+        })
+        .await
+    }
+}
+
+/// gitcd served in this process on 127.0.0.1:0.
+pub struct Gitcd {
+    pub addr: SocketAddr,
+    pub repo: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), common::server::ServeError>>>,
+}
+
+impl Gitcd {
+    pub async fn start(repo: &Path) -> Result<Self> {
+        Self::start_with(StoreConfig::with_repo(repo)).await
+    }
+
+    pub async fn start_with(mut store: StoreConfig) -> Result<Self> {
+        store.poll_interval = Duration::from_millis(50);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let config = ServeConfig {
+            store: store.clone(),
+            listen: vec![addr],
+            advertise_client_urls: vec![format!("http://{addr}")],
+            name: "test".into(),
+            max_request_bytes: common::etcd::DEFAULT_MAX_REQUEST_BYTES,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(common::server::serve(config, vec![listener], async move {
+            let _ = rx.await;
+        }));
+        Client::ready(addr).await?;
+        Ok(Self {
+            addr,
+            repo: store.repo,
+            stop: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    pub async fn client(&self) -> Result<Client> {
+        Client::connect(self.addr).await
+    }
+
+    /// Stops serving and waits until the server has stopped.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Gitcd {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A real etcd (Debian `etcd-server`) on loopback ports, with its data in a
+/// temp dir: the oracle of differential tests.
+pub struct Etcd {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub async fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let client = free_port()?;
+        let peer = free_port()?;
+        let log = std::fs::File::create(dir.path().join("etcd.log"))?;
+        let child = Command::new("etcd")
+            .args([
+                "--name=oracle",
+                &format!("--data-dir={}", dir.path().join("data").display()),
+                &format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                &format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                &format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                &format!("--initial-cluster=oracle=http://127.0.0.1:{peer}"),
+                "--log-level=error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (Debian package etcd-server; `make deps` installs it)")?;
+        let addr: SocketAddr = format!("127.0.0.1:{client}").parse()?;
+        let etcd = Self { addr, child, _dir: dir };
+        Client::ready(addr).await?;
+        Ok(etcd)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `etcdctl` (API v3) against `addr`.
+pub fn etcdctl(addr: SocketAddr, args: &[&str]) -> Result<Output> {
+    etcdctl_stdin(addr, args, "")
+}
+
+/// Runs `etcdctl` with `stdin` as its input.
+pub fn etcdctl_stdin(addr: SocketAddr, args: &[&str], stdin: &str) -> Result<Output> {
+    use std::io::Write as _;
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        // Scheme-less, as etcdctl's own default: etcdctl 3.4's `endpoint` commands
+        // send a `http://…` endpoint verbatim as the HTTP/2 :authority, which
+        // the Rust HTTP/2 server rejects (see docs/compatibility notes).
+        .arg(format!("--endpoints={addr}"))
+        .arg("--dial-timeout=5s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running etcdctl (Debian package etcd-client; `make deps` installs it)")?;
+    child.stdin.take().context("stdin")?.write_all(stdin.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
+/// `etcdctl` that must succeed; returns stdout.
+pub fn etcdctl_ok(addr: SocketAddr, args: &[&str]) -> Result<String> {
+    let out = etcdctl(addr, args)?;
+    if !out.status.success() {
+        bail!("etcdctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Runs `git -C dir args…`, which must succeed; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "tester")
+        .env("GIT_AUTHOR_EMAIL", "tester@example.com")
+        .env("GIT_COMMITTER_NAME", "tester")
+        .env("GIT_COMMITTER_EMAIL", "tester@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()?;
+    if !out.status.success() {
+        bail!("git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A new non-bare repository with branch `main`.
+pub fn new_work_repo(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    git(dir, &["init", "-q", "-b", "main"])?;
+    Ok(())
+}
+
+/// Writes `files` (path, content) into the work tree and commits them.
+pub fn commit_files(dir: &Path, files: &[(&str, &str)], message: &str) -> Result<String> {
+    for (path, content) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().context("file has a parent")?)?;
+        std::fs::write(p, content)?;
+    }
+    git(dir, &["add", "-A"])?;
+    git(dir, &["commit", "-q", "--allow-empty", "-m", message])?;
+    Ok(git(dir, &["rev-parse", "HEAD"])?.trim().to_owned())
+}
