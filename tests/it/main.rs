@@ -1,4 +1,5 @@
 //! Integration tests: the real server, real repositories, real peers.
 
+mod differential;
 mod support;
 mod walkthrough;

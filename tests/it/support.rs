@@ -55,11 +55,15 @@ impl Client {
 
     /// Connects once the endpoint answers Status.
     pub async fn ready(addr: SocketAddr) -> Result<Self> {
-        eventually(&format!("{addr} to answer Status"), Duration::from_secs(60), || async move {
-            let mut c = Self::connect(addr).await?;
-            c.maintenance.status(StatusRequest {}).await?;
-            Ok(Some(c))
-        })
+        eventually(
+            &format!("{addr} to answer Status"),
+            Duration::from_secs(60),
+            || async move {
+                let mut c = Self::connect(addr).await?;
+                c.maintenance.status(StatusRequest {}).await?;
+                Ok(Some(c))
+            },
+        )
         .await
     }
 }

@@ -11,8 +11,14 @@ fn steps() -> Vec<(Vec<&'static str>, &'static str)> {
         (vec!["put", "/a", "1"], ""),
         (vec!["get", "--prefix", "/"], ""),
         (vec!["get", "/a", "-w", "fields"], ""),
-        (vec!["txn", "-w", "fields"], "value(\"/a\") = \"1\"\n\nput /1 2\nput /2 2\n\nput /never here\n\n"),
-        (vec!["txn", "-w", "fields"], "value(\"/1\") = \"1\"\n\nput /never here\n\ndel /2\nput /3/3 3\n\n"),
+        (
+            vec!["txn", "-w", "fields"],
+            "value(\"/a\") = \"1\"\n\nput /1 2\nput /2 2\n\nput /never here\n\n",
+        ),
+        (
+            vec!["txn", "-w", "fields"],
+            "value(\"/1\") = \"1\"\n\nput /never here\n\ndel /2\nput /3/3 3\n\n",
+        ),
         (vec!["get", "--prefix", "/", "--rev=1"], ""),
         (vec!["get", "--prefix", "/", "--rev=2"], ""),
         (vec!["get", "--prefix", "/", "--rev=3"], ""),
@@ -65,26 +71,46 @@ async fn seed_walkthrough_matches_etcd() -> Result<()> {
     let a = gitcd.addr;
     assert_eq!(etcdctl_ok(a, &["get", "--prefix", "/", "--rev=1"])?, "");
     assert_eq!(etcdctl_ok(a, &["get", "--prefix", "/", "--rev=2"])?, "/a\n1\n");
-    assert_eq!(etcdctl_ok(a, &["get", "--prefix", "/", "--rev=3"])?, "/1\n2\n/2\n2\n/a\n1\n");
-    assert_eq!(etcdctl_ok(a, &["get", "--prefix", "/", "--rev=4"])?, "/1\n2\n/3/3\n3\n/a\n1\n");
+    assert_eq!(
+        etcdctl_ok(a, &["get", "--prefix", "/", "--rev=3"])?,
+        "/1\n2\n/2\n2\n/a\n1\n"
+    );
+    assert_eq!(
+        etcdctl_ok(a, &["get", "--prefix", "/", "--rev=4"])?,
+        "/1\n2\n/3/3\n3\n/a\n1\n"
+    );
 
     // One commit per revision, the revision as message, keys as files.
     let log = git(&repo, &["log", "--format=%s", "refs/heads/main"])?;
     assert_eq!(log, "4\n3\n2\n1\n");
-    let meta_log = git(&repo, &["log", "--first-parent", "--format=%s", "refs/gitcd/metadata/refs/heads/main"])?;
+    let meta_log = git(
+        &repo,
+        &[
+            "log",
+            "--first-parent",
+            "--format=%s",
+            "refs/gitcd/metadata/refs/heads/main",
+        ],
+    )?;
     assert_eq!(meta_log, "4\n3\n2\n1\n");
     let show = git(&repo, &["show", "--format=%s", "--name-status", "refs/heads/main"])?;
     assert_eq!(show, "4\n\nD\t2\nA\t3/3\n");
     assert_eq!(git(&repo, &["show", "refs/heads/main:3/3"])?, "3");
     assert_eq!(git(&repo, &["show", "refs/heads/main:a"])?, "1");
-    let meta = git(&repo, &["cat-file", "-p", "refs/gitcd/metadata/refs/heads/main:revision"])?;
+    let meta = git(
+        &repo,
+        &["cat-file", "-p", "refs/gitcd/metadata/refs/heads/main:revision"],
+    )?;
     assert_eq!(meta, "4\n");
 
     // Status and member list.
     let status = etcdctl_ok(a, &["endpoint", "status", "-w", "table"])?;
     assert!(status.contains("3.5.16") && status.contains(&a.to_string()), "{status}");
     let members = etcdctl_ok(a, &["member", "list", "-w", "table"])?;
-    assert!(members.contains(&format!("http://{a}")) && members.contains("started"), "{members}");
+    assert!(
+        members.contains(&format!("http://{a}")) && members.contains("started"),
+        "{members}"
+    );
     let health = etcdctl(a, &["endpoint", "health"])?;
     let text = String::from_utf8_lossy(&health.stderr).to_string() + &String::from_utf8_lossy(&health.stdout);
     assert!(health.status.success() && text.contains("is healthy"), "{text}");
