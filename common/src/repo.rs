@@ -224,6 +224,29 @@ impl LocalRepo {
         }
     }
 
+    /// Removes lock files of `refs` that a killed writer left behind: a lock
+    /// still present after `patience` is taken as stale. Returns the paths
+    /// removed.
+    pub fn clear_stale_locks(&self, refs: &[&str], patience: std::time::Duration) -> Result<Vec<PathBuf>, RepoError> {
+        let locks: Vec<PathBuf> = refs
+            .iter()
+            .map(|r| self.git_dir.join(format!("{r}.lock")))
+            .chain([self.git_dir.join("packed-refs.lock")])
+            .collect();
+        let deadline = std::time::Instant::now() + patience;
+        while locks.iter().any(|l| l.exists()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let mut removed = Vec::new();
+        for l in locks {
+            if l.exists() {
+                fs::remove_file(&l).map_err(io_err(&l))?;
+                removed.push(l);
+            }
+        }
+        Ok(removed)
+    }
+
     /// Moves references atomically with compare-and-swap: each edit is
     /// `(name, expected old value or None for "must not exist", new value)`.
     /// The ref files and their directories are fsynced before returning.

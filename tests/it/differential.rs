@@ -95,7 +95,7 @@ pub async fn exec(c: &mut Client, op: &Op) -> String {
             }
             Err(s) => err(s),
         },
-        Op::Compact(q) => match c.kv.compact(q.clone()).await {
+        Op::Compact(q) => match c.kv.compact(*q).await {
             Ok(r) => {
                 let mut r = r.into_inner();
                 clean(&mut r.header);
@@ -103,7 +103,7 @@ pub async fn exec(c: &mut Client, op: &Op) -> String {
             }
             Err(s) => err(s),
         },
-        Op::Grant(q) => match c.lease.lease_grant(q.clone()).await {
+        Op::Grant(q) => match c.lease.lease_grant(*q).await {
             Ok(r) => {
                 let mut r = r.into_inner();
                 clean(&mut r.header);
@@ -111,7 +111,7 @@ pub async fn exec(c: &mut Client, op: &Op) -> String {
             }
             Err(s) => err(s),
         },
-        Op::Revoke(q) => match c.lease.lease_revoke(q.clone()).await {
+        Op::Revoke(q) => match c.lease.lease_revoke(*q).await {
             Ok(r) => {
                 let mut r = r.into_inner();
                 clean(&mut r.header);

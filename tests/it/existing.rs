@@ -30,9 +30,8 @@ fn commit_state(repo: &Path, commit: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 }
 
 async fn served_state(c: &mut Client, revision: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let r = c
-        .kv
-        .range(RangeRequest {
+    let r =
+        c.kv.range(RangeRequest {
             key: Bytes::from_static(b"\0"),
             range_end: Bytes::from_static(b"\0"),
             revision,
@@ -40,19 +39,33 @@ async fn served_state(c: &mut Client, revision: i64) -> Result<Vec<(Vec<u8>, Vec
         })
         .await?
         .into_inner();
-    Ok(r.kvs.into_iter().map(|kv| (kv.key.to_vec(), kv.value.to_vec())).collect())
+    Ok(r.kvs
+        .into_iter()
+        .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
+        .collect())
 }
 
 fn gitcd_init(repo: &Path) -> Result<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_gitcd-init")).arg("--repo").arg(repo).output()?;
-    ensure!(out.status.success(), "gitcd-init failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_gitcd-init"))
+        .arg("--repo")
+        .arg(repo)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "gitcd-init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8(out.stdout)?)
 }
 
 /// A history with nested directories, an edit, a delete and a merge.
 fn make_history(work: &Path) -> Result<()> {
     new_work_repo(work)?;
-    commit_files(work, &[("a.txt", "one"), ("dir/b", "bee"), ("dir/sub/c", "sea")], "first")?;
+    commit_files(
+        work,
+        &[("a.txt", "one"), ("dir/b", "bee"), ("dir/sub/c", "sea")],
+        "first",
+    )?;
     commit_files(work, &[("a.txt", "two")], "edit a")?;
     git(work, &["rm", "-q", "dir/b"])?;
     git(work, &["commit", "-q", "-m", "remove b"])?;
@@ -72,7 +85,16 @@ async fn existing_repository_is_served_revision_by_revision() -> Result<()> {
     let work = dir.path().join("work");
     let served = dir.path().join("served.git");
     make_history(&work)?;
-    git(dir.path(), &["clone", "-q", "--bare", work.to_str().context("utf-8 path")?, "served.git"])?;
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().context("utf-8 path")?,
+            "served.git",
+        ],
+    )?;
 
     // First-parent commits, oldest first: revisions 1..=6, the merge one of them.
     let chain: Vec<String> = git(&work, &["rev-list", "--first-parent", "--reverse", "main"])?
@@ -87,35 +109,54 @@ async fn existing_repository_is_served_revision_by_revision() -> Result<()> {
     // Idempotent: a second run changes nothing.
     let out = gitcd_init(&served)?;
     assert!(out.contains("at revision 6"), "{out}");
-    assert_eq!(git(&served, &["rev-parse", "refs/gitcd/metadata/refs/heads/main"])?, meta_before);
-    let meta_log = git(&served, &["log", "--first-parent", "--format=%s", "refs/gitcd/metadata/refs/heads/main"])?;
+    assert_eq!(
+        git(&served, &["rev-parse", "refs/gitcd/metadata/refs/heads/main"])?,
+        meta_before
+    );
+    let meta_log = git(
+        &served,
+        &[
+            "log",
+            "--first-parent",
+            "--format=%s",
+            "refs/gitcd/metadata/refs/heads/main",
+        ],
+    )?;
     assert_eq!(meta_log, "6\n5\n4\n3\n2\n1\n");
 
     let gitcd = Gitcd::start(&served).await?;
     let mut c = gitcd.client().await?;
     for (i, commit) in chain.iter().enumerate() {
         let rev = i as i64 + 1;
-        assert_eq!(served_state(&mut c, rev).await?, commit_state(&work, commit)?, "revision {rev}");
+        assert_eq!(
+            served_state(&mut c, rev).await?,
+            commit_state(&work, commit)?,
+            "revision {rev}"
+        );
     }
     // Metadata of the merged files: created by the merge revision.
-    let r = c
-        .kv
-        .range(RangeRequest {
+    let r =
+        c.kv.range(RangeRequest {
             key: Bytes::from_static(b"/f/x"),
             ..Default::default()
         })
         .await?
         .into_inner();
-    assert_eq!((r.kvs[0].create_revision, r.kvs[0].mod_revision, r.kvs[0].version), (5, 5, 1));
-    let r = c
-        .kv
-        .range(RangeRequest {
+    assert_eq!(
+        (r.kvs[0].create_revision, r.kvs[0].mod_revision, r.kvs[0].version),
+        (5, 5, 1)
+    );
+    let r =
+        c.kv.range(RangeRequest {
             key: Bytes::from_static(b"/a.txt"),
             ..Default::default()
         })
         .await?
         .into_inner();
-    assert_eq!((r.kvs[0].create_revision, r.kvs[0].mod_revision, r.kvs[0].version), (1, 2, 2));
+    assert_eq!(
+        (r.kvs[0].create_revision, r.kvs[0].mod_revision, r.kvs[0].version),
+        (1, 2, 2)
+    );
 
     // A commit pushed while gitcd serves becomes revision 7.
     commit_files(&work, &[("a.txt", "three"), ("new/file", "new")], "external edit")?;
@@ -124,14 +165,23 @@ async fn existing_repository_is_served_revision_by_revision() -> Result<()> {
     git(&work, &["push", "-q", served.to_str().context("utf-8 path")?, "main"])?;
     let head = git(&work, &["rev-parse", "HEAD"])?;
     let mut c2 = c.clone();
-    let state = eventually("the pushed commits to become revisions", Duration::from_secs(20), || {
-        let mut c = c2.clone();
-        async move {
-            let r = c.kv.range(RangeRequest { key: Bytes::from_static(b"/a.txt"), ..Default::default() }).await?;
-            let r = r.into_inner();
-            Ok((r.header.as_ref().map(|h| h.revision) == Some(8)).then_some(r))
-        }
-    })
+    let state = eventually(
+        "the pushed commits to become revisions",
+        Duration::from_secs(20),
+        || {
+            let mut c = c2.clone();
+            async move {
+                let r =
+                    c.kv.range(RangeRequest {
+                        key: Bytes::from_static(b"/a.txt"),
+                        ..Default::default()
+                    })
+                    .await?;
+                let r = r.into_inner();
+                Ok((r.header.as_ref().map(|h| h.revision) == Some(8)).then_some(r))
+            }
+        },
+    )
     .await?;
     assert_eq!(state.kvs[0].value.as_ref(), b"three");
     assert_eq!((state.kvs[0].mod_revision, state.kvs[0].version), (7, 3));
@@ -151,7 +201,16 @@ async fn existing_repository_is_served_revision_by_revision() -> Result<()> {
     gitcd.stop().await?;
 
     // Offline catch-up: gitcd-init picks up commits made while nothing served.
-    git(&work, &["pull", "-q", "--no-rebase", served.to_str().context("utf-8 path")?, "main"])?;
+    git(
+        &work,
+        &[
+            "pull",
+            "-q",
+            "--no-rebase",
+            served.to_str().context("utf-8 path")?,
+            "main",
+        ],
+    )?;
     commit_files(&work, &[("offline", "1")], "offline")?;
     git(&work, &["push", "-q", served.to_str().context("utf-8 path")?, "main"])?;
     let out = gitcd_init(&served)?;
@@ -174,7 +233,10 @@ async fn serve_initialises_a_repository_without_metadata() -> Result<()> {
     commit_files(&work, &[("registry/pods/ns/p1", "pod")], "one")?;
     let gitcd = Gitcd::start(&work).await?;
     let mut c = gitcd.client().await?;
-    assert_eq!(served_state(&mut c, 0).await?, vec![(b"/registry/pods/ns/p1".to_vec(), b"pod".to_vec())]);
+    assert_eq!(
+        served_state(&mut c, 0).await?,
+        vec![(b"/registry/pods/ns/p1".to_vec(), b"pod".to_vec())]
+    );
     gitcd.stop().await?;
     Ok(())
 }

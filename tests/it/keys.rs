@@ -34,9 +34,8 @@ const ODD_KEYS: &[&[u8]] = &[
 ];
 
 async fn all(c: &mut Client, revision: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let r = c
-        .kv
-        .range(RangeRequest {
+    let r =
+        c.kv.range(RangeRequest {
             key: Bytes::from_static(b"\0"),
             range_end: Bytes::from_static(b"\0"),
             revision,
@@ -44,13 +43,15 @@ async fn all(c: &mut Client, revision: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         })
         .await?
         .into_inner();
-    Ok(r.kvs.into_iter().map(|kv| (kv.key.to_vec(), kv.value.to_vec())).collect())
+    Ok(r.kvs
+        .into_iter()
+        .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
+        .collect())
 }
 
 async fn put(c: &mut Client, key: &[u8], value: &[u8]) -> Result<i64> {
-    let r = c
-        .kv
-        .put(PutRequest {
+    let r =
+        c.kv.put(PutRequest {
             key: Bytes::copy_from_slice(key),
             value: Bytes::copy_from_slice(value),
             ..Default::default()
@@ -61,9 +62,8 @@ async fn put(c: &mut Client, key: &[u8], value: &[u8]) -> Result<i64> {
 }
 
 async fn delete(c: &mut Client, key: &[u8]) -> Result<i64> {
-    let r = c
-        .kv
-        .delete_range(DeleteRangeRequest {
+    let r =
+        c.kv.delete_range(DeleteRangeRequest {
             key: Bytes::copy_from_slice(key),
             ..Default::default()
         })
@@ -94,7 +94,14 @@ async fn odd_keys_round_trip_and_git_stays_valid() -> Result<()> {
     let fsck = git(&repo, &["fsck", "--strict", "--no-progress"])?;
     assert!(!fsck.contains("error"), "{fsck}");
     let files = git(&repo, &["ls-tree", "-r", "--name-only", "refs/heads/main"])?;
-    for path in ["%rel/compact_rev_key", "%rel/no/leading/slash", "%2Egit", "nul%00byte", "%2E/x", "caf\\303\\251"] {
+    for path in [
+        "%rel/compact_rev_key",
+        "%rel/no/leading/slash",
+        "%2Egit",
+        "nul%00byte",
+        "%2E/x",
+        "caf\\303\\251",
+    ] {
         assert!(files.contains(path), "{path} missing in\n{files}");
     }
     gitcd.stop().await?;
@@ -128,7 +135,11 @@ async fn a_key_and_keys_below_it_coexist() -> Result<()> {
     assert_eq!(ls(&repo)?, "a/%self\na/b/%self\na/b/c\n");
     assert_eq!(
         all(&mut c, 0).await?,
-        vec![(b"/a".to_vec(), b"A".to_vec()), (b"/a/b".to_vec(), b"B".to_vec()), (b"/a/b/c".to_vec(), b"C".to_vec())]
+        vec![
+            (b"/a".to_vec(), b"A".to_vec()),
+            (b"/a/b".to_vec(), b"B".to_vec()),
+            (b"/a/b/c".to_vec(), b"C".to_vec())
+        ]
     );
     delete(&mut c, b"/a/b/c").await?;
     assert_eq!(ls(&repo)?, "a/%self\na/b\n");
@@ -141,7 +152,10 @@ async fn a_key_and_keys_below_it_coexist() -> Result<()> {
     assert_eq!(ls(&repo)?, "a\nx/y\n");
     // Old revisions still read right.
     assert_eq!(all(&mut c, r1).await?, vec![(b"/a".to_vec(), b"A".to_vec())]);
-    assert_eq!(all(&mut c, r2).await?, vec![(b"/a".to_vec(), b"A".to_vec()), (b"/a/b".to_vec(), b"B".to_vec())]);
+    assert_eq!(
+        all(&mut c, r2).await?,
+        vec![(b"/a".to_vec(), b"A".to_vec()), (b"/a/b".to_vec(), b"B".to_vec())]
+    );
     gitcd.stop().await?;
     Ok(())
 }

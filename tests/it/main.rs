@@ -1,5 +1,7 @@
 //! Integration tests: the real server, real repositories, real peers.
 
+mod cli;
+mod crash;
 mod differential;
 mod existing;
 mod keys;

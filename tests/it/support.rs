@@ -2,7 +2,7 @@
 //! ephemeral loopback port, `etcdctl`, and a real etcd as the oracle.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,6 @@ impl Client {
 /// gitcd served in this process on 127.0.0.1:0.
 pub struct Gitcd {
     pub addr: SocketAddr,
-    pub repo: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), common::server::ServeError>>>,
 }
@@ -99,7 +98,6 @@ impl Gitcd {
         Client::ready(addr).await?;
         Ok(Self {
             addr,
-            repo: store.repo,
             stop: Some(tx),
             task: Some(task),
         })

@@ -91,7 +91,12 @@ fn single_file(
 /// part of their common prefix up to its last `/`. Empty means the root.
 fn common_directory(start: &[u8], end: Option<&[u8]>) -> Vec<String> {
     let Some(end) = end else { return Vec::new() };
-    let common = start.iter().zip(end).take_while(|(a, b)| a == b).count();
+    let mut common = start.iter().zip(end).take_while(|(a, b)| a == b).count();
+    // A prefix query (`end` is the prefix with its last byte incremented):
+    // every key in range also shares that last byte with `start`.
+    if end.len() == common + 1 && start.get(common).is_some_and(|b| b.checked_add(1) == Some(end[common])) {
+        common += 1;
+    }
     let prefix = &start[..common];
     if !prefix.starts_with(b"/") {
         return Vec::new();

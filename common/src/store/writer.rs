@@ -24,6 +24,8 @@ use crate::repo::{self, Kind, LocalRepo, ObjectWriter, Repo, RepoError, TreeNode
 const MAX_BATCH: usize = 512;
 /// How often a batch is retried when someone else moved a ref under it.
 const MAX_CONFLICT_RETRIES: usize = 3;
+/// How long a ref lock may stay at start-up before it is taken as stale.
+const STALE_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// etcd's lease limits.
 const MAX_LEASE_TTL: i64 = 9_000_000_000;
 pub const MIN_LEASE_TTL: i64 = 2;
@@ -55,6 +57,10 @@ impl Writer {
     /// brings it up to date with the data ref. Leaves everything durable.
     pub fn open(repo: &Repo, config: &StoreConfig) -> Result<Self, StoreError> {
         let local = repo.local();
+        let stale = local.clear_stale_locks(&[&config.data_ref, &config.metadata_ref], STALE_LOCK_PATIENCE)?;
+        for lock in stale {
+            tracing::warn!(lock = %lock.display(), "removed a ref lock left by a writer that died");
+        }
         let meta_ref = local.ref_target(&config.metadata_ref)?;
         let data_ref = local.ref_target(&config.data_ref)?;
         let mut w = Writer {

@@ -1,0 +1,106 @@
+//! The binaries' contract: usage errors exit 64 with a one-line reason,
+//! runtime errors exit 1 with a one-line reason, `version` prints both
+//! versions.
+
+use std::process::{Command, Output};
+
+use anyhow::Result;
+
+use crate::support::{commit_files, git, new_work_repo};
+
+fn gitcd(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_gitcd")).args(args).output()?)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn version_prints_gitcd_and_etcd_versions() -> Result<()> {
+    let o = gitcd(&["version"])?;
+    assert!(o.status.success());
+    let out = String::from_utf8(o.stdout)?;
+    assert!(out.contains("gitcd 0.") && out.contains("etcd API 3.5.16"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn usage_errors_exit_64() -> Result<()> {
+    let cases: &[(&[&str], &str)] = &[
+        (&["serve", "--no-such-flag"], "--no-such-flag"),
+        (&["serve", "--listen-urls", "https://127.0.0.1:2379"], "only http://"),
+        (
+            &["serve", "--listen-urls", "http://localhost:2379"],
+            "expected http://IP:PORT",
+        ),
+        (&["serve", "--data-ref", "main"], "must be a full ref name"),
+        (&["serve", "--start-revision", "0"], "start-revision"),
+        (&["serve", "--poll-interval", "soon"], "not a duration"),
+        (&["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let o = gitcd(args)?;
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_gitcd-init")).arg("--bogus").output()?;
+    assert_eq!(o.status.code(), Some(64));
+    Ok(())
+}
+
+#[test]
+fn runtime_errors_exit_1_with_one_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A file where the repository should be.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "not a repo")?;
+    let o = gitcd(&["init", "--repo", file.to_str().unwrap_or_default()])?;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a Git repository"), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).trim().lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+
+    // A non-empty directory that is not a repository.
+    let junk = dir.path().join("junk");
+    std::fs::create_dir(&junk)?;
+    std::fs::write(junk.join("x"), "x")?;
+    let o = gitcd(&["init", "--repo", junk.to_str().unwrap_or_default()])?;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a Git repository"), "{}", stderr(&o));
+
+    // A data ref that names a blob, not a commit (Git allows it outside refs/heads).
+    let work = dir.path().join("work");
+    new_work_repo(&work)?;
+    commit_files(&work, &[("a", "1")], "one")?;
+    let blob = git(&work, &["rev-parse", "HEAD:a"])?;
+    git(&work, &["update-ref", "refs/blobby", blob.trim()])?;
+    let o = gitcd(&[
+        "init",
+        "--repo",
+        work.to_str().unwrap_or_default(),
+        "--data-ref",
+        "refs/blobby",
+    ])?;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("expected a commit"), "{}", stderr(&o));
+
+    // A port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", taken.local_addr()?);
+    let repo = dir.path().join("repo");
+    let o = gitcd(&[
+        "serve",
+        "--repo",
+        repo.to_str().unwrap_or_default(),
+        "--listen-urls",
+        &url,
+    ])?;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot listen on"), "{}", stderr(&o));
+    Ok(())
+}
