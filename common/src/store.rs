@@ -212,15 +212,15 @@ impl Store {
     /// writer thread. Blocking: call it from a blocking context.
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
         let repo = Repo::open_or_init(&config.repo)?;
-        let db_size = crate::repo::dir_size(&repo.git_dir().join("objects"));
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_DEPTH);
-        let db_size = i64::try_from(db_size).unwrap_or(i64::MAX);
         let loaded = writer::Writer::open(&repo, &config)?;
+        let db_size = crate::repo::dir_size(&repo.git_dir().join("objects"));
+        let db_size = i64::try_from(db_size).unwrap_or(i64::MAX);
         let shared = Arc::new(Shared {
             snapshot: RwLock::new(Arc::new(loaded.snapshot())),
             revisions: loaded.index(),
             repo,
-            db_size_base: db_size,
+            db_size_base: db_size - loaded.bytes_written(),
             db_size: std::sync::atomic::AtomicI64::new(db_size),
         });
         let thread_shared = shared.clone();

@@ -5,5 +5,6 @@ mod crash;
 mod differential;
 mod existing;
 mod keys;
+mod maintenance;
 mod support;
 mod walkthrough;

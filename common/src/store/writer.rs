@@ -96,6 +96,11 @@ impl Writer {
         self.working.clone()
     }
 
+    /// Bytes of objects this writer has written.
+    pub fn bytes_written(&self) -> i64 {
+        i64::try_from(self.objects.bytes_written()).unwrap_or(i64::MAX)
+    }
+
     pub fn index(&self) -> Arc<RwLock<RevisionIndex>> {
         self.index.clone()
     }
