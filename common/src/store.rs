@@ -263,14 +263,8 @@ impl Store {
             Some(rev) => {
                 let shared = self.shared.clone();
                 tokio::task::spawn_blocking(move || {
-                    let repo = shared.repo.local();
-                    let commits = shared
-                        .revisions
-                        .read()
-                        .expect("revision index lock is never poisoned")
-                        .get(rev)
-                        .ok_or(StoreError::Compacted)?;
-                    let kvs = history::read_range(&repo, commits, &KeyRange::from_request(&req.key, &req.range_end))?;
+                    let range = KeyRange::from_request(&req.key, &req.range_end);
+                    let kvs = history::read_at(&shared.repo.local(), &shared.revisions, rev, &range)?;
                     Ok(range::select(&req, snap.revision, kvs.len() as i64, kvs.into_iter()))
                 })
                 .await
@@ -286,15 +280,7 @@ impl Store {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let repo = shared.repo.local();
-            let history = |rev: i64, range: &KeyRange| {
-                let commits = shared
-                    .revisions
-                    .read()
-                    .expect("revision index lock is never poisoned")
-                    .get(rev)
-                    .ok_or(StoreError::Compacted)?;
-                history::read_range(&repo, commits, range)
-            };
+            let history = |rev: i64, range: &KeyRange| history::read_at(&repo, &shared.revisions, rev, range);
             let begin = snap.revision;
             let mut apply = apply::Apply {
                 state: &mut snap,

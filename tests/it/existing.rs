@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, ensure};
 use bytes::Bytes;
 use common::proto::etcdserverpb::{PutRequest, RangeRequest};
 
-use crate::support::{Client, Gitcd, commit_files, eventually, git, new_work_repo};
+use crate::support::{Gitcd, all_kvs, commit_files, eventually, git, new_work_repo};
 
 /// The state of a commit as etcd would list it: ("/path", content).
 fn commit_state(repo: &Path, commit: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -27,22 +27,6 @@ fn commit_state(repo: &Path, commit: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     }
     out.sort();
     Ok(out)
-}
-
-async fn served_state(c: &mut Client, revision: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let r =
-        c.kv.range(RangeRequest {
-            key: Bytes::from_static(b"\0"),
-            range_end: Bytes::from_static(b"\0"),
-            revision,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    Ok(r.kvs
-        .into_iter()
-        .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
-        .collect())
 }
 
 fn gitcd_init(repo: &Path) -> Result<String> {
@@ -129,7 +113,7 @@ async fn existing_repository_is_served_revision_by_revision() -> Result<()> {
     for (i, commit) in chain.iter().enumerate() {
         let rev = i as i64 + 1;
         assert_eq!(
-            served_state(&mut c, rev).await?,
+            all_kvs(&mut c, rev).await?,
             commit_state(&work, commit)?,
             "revision {rev}"
         );
@@ -185,8 +169,8 @@ async fn existing_repository_is_served_revision_by_revision() -> Result<()> {
     .await?;
     assert_eq!(state.kvs[0].value.as_ref(), b"three");
     assert_eq!((state.kvs[0].mod_revision, state.kvs[0].version), (7, 3));
-    assert_eq!(served_state(&mut c2, 8).await?, commit_state(&work, head.trim())?);
-    assert!(served_state(&mut c2, 7).await?.iter().any(|(k, _)| k == b"/m"));
+    assert_eq!(all_kvs(&mut c2, 8).await?, commit_state(&work, head.trim())?);
+    assert!(all_kvs(&mut c2, 7).await?.iter().any(|(k, _)| k == b"/m"));
 
     // gitcd's own writes continue the same history.
     c.kv.put(PutRequest {
@@ -217,7 +201,7 @@ async fn existing_repository_is_served_revision_by_revision() -> Result<()> {
     assert!(out.contains("at revision 10"), "{out}");
     let gitcd = Gitcd::start(&served).await?;
     let mut c = gitcd.client().await?;
-    let state = served_state(&mut c, 0).await?;
+    let state = all_kvs(&mut c, 0).await?;
     assert!(state.contains(&(b"/offline".to_vec(), b"1".to_vec())));
     assert!(state.contains(&(b"/written/by/gitcd".to_vec(), b"yes".to_vec())));
     gitcd.stop().await?;
@@ -234,7 +218,7 @@ async fn serve_initialises_a_repository_without_metadata() -> Result<()> {
     let gitcd = Gitcd::start(&work).await?;
     let mut c = gitcd.client().await?;
     assert_eq!(
-        served_state(&mut c, 0).await?,
+        all_kvs(&mut c, 0).await?,
         vec![(b"/registry/pods/ns/p1".to_vec(), b"pod".to_vec())]
     );
     gitcd.stop().await?;

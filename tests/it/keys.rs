@@ -3,9 +3,9 @@
 
 use anyhow::Result;
 use bytes::Bytes;
-use common::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
+use common::proto::etcdserverpb::{DeleteRangeRequest, PutRequest};
 
-use crate::support::{Client, Gitcd, git};
+use crate::support::{Client, Gitcd, all_kvs, git};
 
 const ODD_KEYS: &[&[u8]] = &[
     b"compact_rev_key",
@@ -32,22 +32,6 @@ const ODD_KEYS: &[&[u8]] = &[
     b"\0",
     b"\xff",
 ];
-
-async fn all(c: &mut Client, revision: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let r =
-        c.kv.range(RangeRequest {
-            key: Bytes::from_static(b"\0"),
-            range_end: Bytes::from_static(b"\0"),
-            revision,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    Ok(r.kvs
-        .into_iter()
-        .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
-        .collect())
-}
 
 async fn put(c: &mut Client, key: &[u8], value: &[u8]) -> Result<i64> {
     let r =
@@ -86,11 +70,11 @@ async fn odd_keys_round_trip_and_git_stays_valid() -> Result<()> {
         expected.push((key.to_vec(), value));
     }
     expected.sort();
-    assert_eq!(all(&mut c, 0).await?, expected);
+    assert_eq!(all_kvs(&mut c, 0).await?, expected);
     // Historical reads decode the same paths.
     let rev = 1 + ODD_KEYS.len() as i64;
-    assert_eq!(all(&mut c, rev).await?, expected);
-    assert_eq!(all(&mut c, rev - 1).await?.len(), expected.len() - 1);
+    assert_eq!(all_kvs(&mut c, rev).await?, expected);
+    assert_eq!(all_kvs(&mut c, rev - 1).await?.len(), expected.len() - 1);
     let fsck = git(&repo, &["fsck", "--strict", "--no-progress"])?;
     assert!(!fsck.contains("error"), "{fsck}");
     let files = git(&repo, &["ls-tree", "-r", "--name-only", "refs/heads/main"])?;
@@ -109,11 +93,11 @@ async fn odd_keys_round_trip_and_git_stays_valid() -> Result<()> {
     // A restart loads the same keys from Git.
     let gitcd = Gitcd::start(&repo).await?;
     let mut c = gitcd.client().await?;
-    assert_eq!(all(&mut c, 0).await?, expected);
+    assert_eq!(all_kvs(&mut c, 0).await?, expected);
     for key in ODD_KEYS {
         delete(&mut c, key).await?;
     }
-    assert!(all(&mut c, 0).await?.is_empty());
+    assert!(all_kvs(&mut c, 0).await?.is_empty());
     assert_eq!(git(&repo, &["ls-tree", "-r", "refs/heads/main"])?, "");
     gitcd.stop().await?;
     Ok(())
@@ -134,7 +118,7 @@ async fn a_key_and_keys_below_it_coexist() -> Result<()> {
     put(&mut c, b"/a/b/c", b"C").await?;
     assert_eq!(ls(&repo)?, "a/%self\na/b/%self\na/b/c\n");
     assert_eq!(
-        all(&mut c, 0).await?,
+        all_kvs(&mut c, 0).await?,
         vec![
             (b"/a".to_vec(), b"A".to_vec()),
             (b"/a/b".to_vec(), b"B".to_vec()),
@@ -151,9 +135,9 @@ async fn a_key_and_keys_below_it_coexist() -> Result<()> {
     delete(&mut c, b"/x").await?;
     assert_eq!(ls(&repo)?, "a\nx/y\n");
     // Old revisions still read right.
-    assert_eq!(all(&mut c, r1).await?, vec![(b"/a".to_vec(), b"A".to_vec())]);
+    assert_eq!(all_kvs(&mut c, r1).await?, vec![(b"/a".to_vec(), b"A".to_vec())]);
     assert_eq!(
-        all(&mut c, r2).await?,
+        all_kvs(&mut c, r2).await?,
         vec![(b"/a".to_vec(), b"A".to_vec()), (b"/a/b".to_vec(), b"B".to_vec())]
     );
     gitcd.stop().await?;

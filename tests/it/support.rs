@@ -246,3 +246,20 @@ pub fn commit_files(dir: &Path, files: &[(&str, &str)], message: &str) -> Result
     git(dir, &["commit", "-q", "--allow-empty", "-m", message])?;
     Ok(git(dir, &["rev-parse", "HEAD"])?.trim().to_owned())
 }
+
+/// Every key and value at `revision` (0: the current one), in key order.
+pub async fn all_kvs(c: &mut Client, revision: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let r =
+        c.kv.range(common::proto::etcdserverpb::RangeRequest {
+            key: bytes::Bytes::from_static(b"\0"),
+            range_end: bytes::Bytes::from_static(b"\0"),
+            revision,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(r.kvs
+        .into_iter()
+        .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
+        .collect())
+}

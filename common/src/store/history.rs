@@ -9,6 +9,21 @@ use crate::keys;
 use crate::meta;
 use crate::repo::{Kind, LocalRepo, tree};
 
+/// Every live key of `range` at revision `rev`, found through `index`.
+pub fn read_at(
+    repo: &LocalRepo,
+    index: &std::sync::RwLock<super::RevisionIndex>,
+    rev: i64,
+    range: &KeyRange,
+) -> Result<Vec<(Bytes, Kv)>, StoreError> {
+    let commits = index
+        .read()
+        .expect("revision index lock is never poisoned")
+        .get(rev)
+        .ok_or(StoreError::Compacted)?;
+    read_range(repo, commits, range)
+}
+
 /// Every live key of `range` at the revision of `commits`, in key order.
 pub fn read_range(
     repo: &LocalRepo,

@@ -614,14 +614,7 @@ impl Writer {
     fn apply(&mut self, op: &WriteOp) -> Result<(WriteResult, Vec<Change>, bool), StoreError> {
         let repo = &self.repo;
         let index = &self.index;
-        let history = |rev: i64, range: &KeyRange| {
-            let commits = index
-                .read()
-                .expect("revision index lock is never poisoned")
-                .get(rev)
-                .ok_or(StoreError::Compacted)?;
-            history::read_range(repo, commits, range)
-        };
+        let history = |rev: i64, range: &KeyRange| history::read_at(repo, index, rev, range);
         let begin = self.working.revision;
         let mut a = Apply {
             state: &mut self.working,
