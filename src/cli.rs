@@ -33,7 +33,10 @@ pub struct StoreArgs {
     /// Revision given to the oldest data commit when metadata is first built.
     #[arg(long, env = "GITCD_START_REVISION", default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
     pub start_revision: i64,
-    /// How often the data ref is checked for commits made outside gitcd.
+    /// Recent revisions whose events stay in memory for watchers; older ones are read from Git.
+    #[arg(long, env = "GITCD_HISTORY_WINDOW", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub history_window: u32,
+    /// How often the data ref is checked for commits made outside gitcd, and leases for expiry.
     #[arg(long, env = "GITCD_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
 }
@@ -62,6 +65,7 @@ impl StoreArgs {
                 email: self.committer_email.clone(),
             },
             start_revision: self.start_revision,
+            history_window: self.history_window as usize,
             poll_interval: self.poll_interval,
         })
     }

@@ -63,9 +63,17 @@ impl Identity {
 pub struct Context {
     pub store: Store,
     pub identity: Arc<Identity>,
+    /// Turns true when the server shuts down: long-lived streams end.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Context {
+    /// Completes when the server starts shutting down.
+    pub async fn stopped(&self) {
+        let mut s = self.stopping.clone();
+        let _ = s.wait_for(|s| *s).await;
+    }
+
     /// A top-level response header at `revision`.
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {

@@ -15,6 +15,9 @@ use crate::proto::etcdserverpb::{
 };
 use crate::store::{Store, StoreConfig, StoreError};
 
+/// How long open requests may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Everything `gitcd serve` needs.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -25,6 +28,8 @@ pub struct ServeConfig {
     pub advertise_client_urls: Vec<String>,
     pub name: String,
     pub max_request_bytes: usize,
+    /// How often watchers that asked for progress notifications get one.
+    pub watch_progress_interval: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +115,12 @@ pub async fn serve(
         config.advertise_client_urls.clone(),
         config.max_request_bytes,
     ));
-    let ctx = Context { store, identity };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ctx = Context {
+        store,
+        identity,
+        stopping: stop_rx.clone(),
+    };
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -123,7 +132,7 @@ pub async fn serve(
             source,
         })?;
         tracing::info!(%addr, "serving etcd v3 gRPC");
-        let router = routes(&ctx, config.max_request_bytes);
+        let router = routes(&ctx, &config);
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             router
@@ -134,15 +143,31 @@ pub async fn serve(
                 .map_err(|source| ServeError::Transport { addr, source })
         });
     }
-    while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| ServeError::Config(format!("server task panicked: {e}")))??;
+    let mut stopping = stop_rx.clone();
+    let grace = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                Some(done) => done.map_err(|e| ServeError::Config(format!("server task panicked: {e}")))??,
+                None => break,
+            },
+            () = &mut grace => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period: closing them");
+                tasks.abort_all();
+                break;
+            }
+        }
     }
     tracing::info!("stopped");
     Ok(())
 }
 
-fn routes(ctx: &Context, max_request_bytes: usize) -> tonic::transport::server::Router {
-    let limit = max_request_bytes + etcd::GRPC_OVERHEAD_BYTES;
+fn routes(ctx: &Context, config: &ServeConfig) -> tonic::transport::server::Router {
+    let limit = config.max_request_bytes + etcd::GRPC_OVERHEAD_BYTES;
     macro_rules! svc {
         ($server:ident, $inner:expr) => {
             $server::new($inner)
@@ -154,7 +179,13 @@ fn routes(ctx: &Context, max_request_bytes: usize) -> tonic::transport::server::
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(7200)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(svc!(KvServer, etcd::kv::KvService(ctx.clone())))
-        .add_service(svc!(WatchServer, etcd::watch::WatchService(ctx.clone())))
+        .add_service(svc!(
+            WatchServer,
+            etcd::watch::WatchService {
+                ctx: ctx.clone(),
+                progress_interval: config.watch_progress_interval,
+            }
+        ))
         .add_service(svc!(LeaseServer, etcd::lease::LeaseService(ctx.clone())))
         .add_service(svc!(ClusterServer, etcd::cluster::ClusterService(ctx.clone())))
         .add_service(svc!(

@@ -9,6 +9,7 @@
 //! and answers.
 
 mod apply;
+mod events;
 mod history;
 mod range;
 mod writer;
@@ -28,7 +29,8 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb;
 use crate::repo::{Repo, RepoError, Signature};
 
-pub use apply::is_read_only;
+pub use apply::{Change, is_read_only};
+pub use events::RevisionEvents;
 pub use range::KeyRange;
 
 /// etcd's errors, and ours. The gRPC layer maps each to etcd's exact status.
@@ -64,6 +66,9 @@ pub struct StoreConfig {
     pub committer: Signature,
     /// Revision of the oldest data commit when metadata is first built.
     pub start_revision: i64,
+    /// How many recent revisions keep their events in memory (for watchers
+    /// catching up); older ones are read from Git.
+    pub history_window: usize,
     /// How often the data ref is checked for commits made by others.
     pub poll_interval: std::time::Duration,
 }
@@ -80,6 +85,7 @@ impl StoreConfig {
                 email: "trishanku@heaven.com".into(),
             },
             start_revision: 1,
+            history_window: 10_000,
             poll_interval: std::time::Duration::from_millis(500),
         }
     }
@@ -191,6 +197,12 @@ pub(crate) struct Job {
 struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
     revisions: Arc<RwLock<RevisionIndex>>,
+    /// The events of recent revisions, for watchers and `prev_kv`.
+    window: RwLock<events::Window>,
+    /// The latest published revision; watchers wait on it.
+    published: tokio::sync::watch::Sender<i64>,
+    /// When each lease expires (not persisted: a restart grants a fresh TTL).
+    deadlines: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
     repo: Repo,
     /// Object store size at start; the writer adds what it writes.
     db_size_base: i64,
@@ -213,12 +225,27 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
         let repo = Repo::open_or_init(&config.repo)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_DEPTH);
-        let loaded = writer::Writer::open(&repo, &config)?;
+        let mut loaded = writer::Writer::open(&repo, &config)?;
         let db_size = crate::repo::dir_size(&repo.git_dir().join("objects"));
         let db_size = i64::try_from(db_size).unwrap_or(i64::MAX);
+        let snapshot = loaded.snapshot();
+        let mut window = events::Window::new(config.history_window);
+        for e in loaded.take_events() {
+            window.push(e);
+        }
+        let now = std::time::Instant::now();
+        let deadlines = snapshot
+            .leases
+            .values()
+            .map(|l| (l.id, now + std::time::Duration::from_secs(l.ttl.max(0) as u64)))
+            .collect();
+        let (published, _) = tokio::sync::watch::channel(snapshot.revision);
         let shared = Arc::new(Shared {
-            snapshot: RwLock::new(Arc::new(loaded.snapshot())),
+            snapshot: RwLock::new(Arc::new(snapshot)),
             revisions: loaded.index(),
+            window: RwLock::new(window),
+            published,
+            deadlines: std::sync::Mutex::new(deadlines),
             repo,
             db_size_base: db_size - loaded.bytes_written(),
             db_size: std::sync::atomic::AtomicI64::new(db_size),
@@ -292,6 +319,64 @@ impl Store {
         })
         .await
         .map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Follows the published revision: it changes after every durable group
+    /// of writes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.shared.published.subscribe()
+    }
+
+    /// The events of revisions `from..=to` (at most `limit` revisions), from
+    /// the in-memory window or, when older, from Git. Revisions below the
+    /// compact revision are refused.
+    pub async fn events(&self, from: i64, to: i64, limit: usize) -> Result<Vec<Arc<RevisionEvents>>, StoreError> {
+        let to = to.min(from.saturating_add(limit as i64) - 1);
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let (cached, first) = {
+            let w = self.shared.window.read().expect("window lock is never poisoned");
+            (w.range(from, to), w.first())
+        };
+        if first.is_some_and(|f| f <= from) {
+            return Ok(cached);
+        }
+        let git_to = first.map_or(to, |f| (f - 1).min(to));
+        let shared = self.shared.clone();
+        let mut out = tokio::task::spawn_blocking(move || {
+            let repo = shared.repo.local();
+            let index = shared.revisions.read().expect("revision index lock is never poisoned");
+            (from..=git_to)
+                .map(|rev| events::from_git(&repo, &index, rev).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|_| StoreError::Stopped)??;
+        out.extend(cached);
+        Ok(out)
+    }
+
+    /// Renews lease `id`; its granted TTL, or `None` if it does not exist.
+    pub fn keep_alive(&self, id: i64) -> Option<i64> {
+        let lease = self.snapshot().leases.get(&id).cloned()?;
+        let mut deadlines = self.shared.deadlines.lock().expect("deadline lock is never poisoned");
+        let deadline = deadlines.get_mut(&id)?;
+        *deadline = std::time::Instant::now() + std::time::Duration::from_secs(lease.ttl.max(0) as u64);
+        Some(lease.ttl)
+    }
+
+    /// Seconds left before lease `id` expires, its granted TTL and its keys.
+    pub fn time_to_live(&self, id: i64) -> Option<(i64, i64, Vec<Bytes>)> {
+        let lease = self.snapshot().leases.get(&id).cloned()?;
+        let deadline = *self
+            .shared
+            .deadlines
+            .lock()
+            .expect("deadline lock is never poisoned")
+            .get(&id)?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now()).as_secs() as i64;
+        Some((left, lease.ttl, lease.keys.into_iter().collect()))
     }
 
     /// Queues a write and waits until it is durable.

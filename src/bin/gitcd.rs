@@ -45,6 +45,9 @@ struct ServeArgs {
     /// Largest write request accepted, in bytes (etcd's --max-request-bytes).
     #[arg(long, env = "GITCD_MAX_REQUEST_BYTES", default_value_t = common::etcd::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// Interval of progress notifications to watchers that ask for them.
+    #[arg(long, env = "GITCD_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "5s", value_parser = cli::parse_duration)]
+    watch_progress_notify_interval: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +85,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             .collect(),
         name: args.name,
         max_request_bytes: args.max_request_bytes,
+        watch_progress_interval: args.watch_progress_notify_interval,
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "gitcd starting");
     let runtime = match tokio::runtime::Runtime::new() {

@@ -8,3 +8,4 @@ mod keys;
 mod maintenance;
 mod support;
 mod walkthrough;
+mod watch;

@@ -90,6 +90,7 @@ impl Gitcd {
             advertise_client_urls: vec![format!("http://{addr}")],
             name: "test".into(),
             max_request_bytes: common::etcd::DEFAULT_MAX_REQUEST_BYTES,
+            watch_progress_interval: Duration::from_millis(300),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(common::server::serve(config, vec![listener], async move {

@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{Context, status};
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
-    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-    lease_server,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, lease_server,
 };
 use crate::store::{WriteOp, WriteResult};
 
@@ -68,19 +68,66 @@ impl lease_server::Lease for LeaseService {
 
     async fn lease_keep_alive(
         &self,
-        _: Request<Streaming<LeaseKeepAliveRequest>>,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        Err(super::unimplemented::method("Lease/LeaseKeepAlive"))
+        let mut inbound = request.into_inner();
+        let ctx = self.0.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let req = tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(req)) => req,
+                        _ => break,
+                    },
+                    _ = ctx.stopped() => break,
+                };
+                // An unknown lease answers TTL 0, as etcd does.
+                let ttl = ctx.store.keep_alive(req.id).unwrap_or(0);
+                let resp = LeaseKeepAliveResponse {
+                    header: ctx.header(ctx.store.snapshot().revision),
+                    id: req.id,
+                    ttl,
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn lease_time_to_live(
         &self,
-        _: Request<LeaseTimeToLiveRequest>,
+        request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        Err(super::unimplemented::method("Lease/LeaseTimeToLive"))
+        let req = request.into_inner();
+        let header = self.0.header(self.0.store.snapshot().revision);
+        // An unknown lease answers TTL -1, as etcd does.
+        let resp = match self.0.store.time_to_live(req.id) {
+            Some((ttl, granted_ttl, keys)) => LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl,
+                granted_ttl,
+                keys: if req.keys { keys } else { Vec::new() },
+            },
+            None => LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+        };
+        Ok(Response::new(resp))
     }
 
     async fn lease_leases(&self, _: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
-        Err(super::unimplemented::method("Lease/LeaseLeases"))
+        let snap = self.0.store.snapshot();
+        Ok(Response::new(LeaseLeasesResponse {
+            header: self.0.header(snap.revision),
+            leases: snap.leases.keys().map(|id| LeaseStatus { id: *id }).collect(),
+        }))
     }
 }

@@ -32,7 +32,29 @@ pub fn read_range(
 ) -> Result<Vec<(Bytes, Kv)>, StoreError> {
     let data_tree = repo.commit(commits.data)?.tree;
     let meta_tree = repo.commit(commits.metadata)?.tree;
-    let files = match range {
+    let files = files_in(repo, data_tree, range)?;
+    let mut result = Vec::with_capacity(files.len());
+    for (key, blob) in files {
+        let meta = key_meta(repo, meta_tree, &key)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "metadata tree {meta_tree} has no entry for key {:?}",
+                String::from_utf8_lossy(&key)
+            ))
+        })?;
+        let value = Bytes::from(repo.read(blob, Kind::Blob)?);
+        result.push((key, Kv { meta, value }));
+    }
+    Ok(result)
+}
+
+/// The files of data tree `data_tree` whose keys are in `range`, in key
+/// order, with their blobs.
+pub fn files_in(
+    repo: &LocalRepo,
+    data_tree: gix::ObjectId,
+    range: &KeyRange,
+) -> Result<Vec<(Bytes, gix::ObjectId)>, StoreError> {
+    Ok(match range {
         KeyRange::Single(key) => single_file(repo, data_tree, key)?.into_iter().collect(),
         KeyRange::Interval { start, end } => {
             let dir = common_directory(start, end.as_deref());
@@ -57,32 +79,21 @@ pub fn read_range(
             out.dedup_by(|a, b| a.0 == b.0);
             out
         }
-    };
-    let mut result = Vec::with_capacity(files.len());
-    for (key, blob) in files {
-        let meta = key_meta(repo, meta_tree, &key)?;
-        let value = Bytes::from(repo.read(blob, Kind::Blob)?);
-        result.push((key, Kv { meta, value }));
-    }
-    Ok(result)
+    })
 }
 
-/// The metadata of `key` in metadata tree `meta_tree`.
-pub fn key_meta(repo: &LocalRepo, meta_tree: gix::ObjectId, key: &[u8]) -> Result<meta::KeyMeta, StoreError> {
+/// The metadata of `key` in metadata tree `meta_tree`, if it is live there.
+pub fn key_meta(repo: &LocalRepo, meta_tree: gix::ObjectId, key: &[u8]) -> Result<Option<meta::KeyMeta>, StoreError> {
     let [shard, rest] = meta::key_path(key);
-    let entry = repo
-        .lookup(
-            meta_tree,
-            &[meta::KEYS_DIR.as_bytes(), shard.as_bytes(), rest.as_bytes()],
-        )?
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "metadata tree {meta_tree} has no entry for key {:?}",
-                String::from_utf8_lossy(key)
-            ))
-        })?;
+    let Some(entry) = repo.lookup(
+        meta_tree,
+        &[meta::KEYS_DIR.as_bytes(), shard.as_bytes(), rest.as_bytes()],
+    )?
+    else {
+        return Ok(None);
+    };
     let (_, m) = meta::decode_key(&repo.read(entry.id, Kind::Blob)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(m)
+    Ok(Some(m))
 }
 
 fn single_file(

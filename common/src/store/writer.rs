@@ -13,8 +13,8 @@ use gix::ObjectId;
 
 use super::apply::{Apply, Change};
 use super::{
-    Job, KeyRange, Kv, Lease, RevisionCommits, RevisionIndex, Shared, Snapshot, StoreConfig, StoreError, WriteOp,
-    WriteResult, history,
+    Job, KeyRange, Kv, Lease, RevisionCommits, RevisionEvents, RevisionIndex, Shared, Snapshot, StoreConfig,
+    StoreError, WriteOp, WriteResult, history,
 };
 use crate::keys;
 use crate::meta::{self, KeyMeta, LeaseRecord};
@@ -50,6 +50,8 @@ pub struct Writer {
     index: Arc<RwLock<RevisionIndex>>,
     known_data: HashSet<ObjectId>,
     durable: Option<Durable>,
+    /// Events of the revisions written since the last publication.
+    pending_events: Vec<Arc<RevisionEvents>>,
 }
 
 impl Writer {
@@ -80,6 +82,7 @@ impl Writer {
             index: Arc::new(RwLock::new(RevisionIndex::default())),
             known_data: HashSet::new(),
             durable: None,
+            pending_events: Vec::new(),
         };
         match meta_ref {
             None => w.initialize(data_ref)?,
@@ -94,6 +97,11 @@ impl Writer {
 
     pub fn snapshot(&self) -> Snapshot {
         self.working.clone()
+    }
+
+    /// The events of the revisions written and not yet handed out.
+    pub fn take_events(&mut self) -> Vec<Arc<RevisionEvents>> {
+        std::mem::take(&mut self.pending_events)
     }
 
     /// Bytes of objects this writer has written.
@@ -421,6 +429,10 @@ impl Writer {
         };
         self.data_head = Some(data);
         self.known_data.insert(data);
+        self.pending_events.push(Arc::new(RevisionEvents {
+            revision: rev,
+            changes: changes.to_vec(),
+        }));
         self.write_meta_commit(rev, &rev.to_string())
     }
 
@@ -504,6 +516,24 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Expired leases are revoked like any write, by nobody waiting.
+            let expired: Vec<i64> = {
+                let now = std::time::Instant::now();
+                let deadlines = shared.deadlines.lock().expect("deadline lock is never poisoned");
+                deadlines
+                    .iter()
+                    .filter(|(_, d)| **d <= now)
+                    .map(|(id, _)| *id)
+                    .collect()
+            };
+            for id in expired {
+                tracing::debug!(lease = id, "lease expired");
+                let (reply, _) = tokio::sync::oneshot::channel();
+                batch.push(Job {
+                    op: WriteOp::LeaseRevoke { id },
+                    reply,
+                });
+            }
             let (ops, replies): (Vec<WriteOp>, Vec<_>) = batch.into_iter().map(|j| (j.op, j.reply)).unzip();
             let results = self.run_batch(&shared, &ops);
             for (reply, result) in replies.into_iter().zip(results) {
@@ -519,11 +549,7 @@ impl Writer {
             match self.try_batch(ops) {
                 Ok(results) => {
                     self.mark_durable();
-                    *shared.snapshot.write().expect("snapshot lock is never poisoned") = Arc::new(self.working.clone());
-                    shared.db_size.store(
-                        shared.db_size_base + self.objects.bytes_written() as i64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    self.publish(shared, ops, &results);
                     return results;
                 }
                 Err(e) => {
@@ -548,8 +574,47 @@ impl Writer {
         }
     }
 
+    /// Hands a durable group to readers: events to the window, the new
+    /// snapshot, lease deadlines, and the new revision to watchers.
+    fn publish(&mut self, shared: &Shared, ops: &[WriteOp], results: &[Result<WriteResult, StoreError>]) {
+        let events = self.take_events();
+        {
+            let mut window = shared.window.write().expect("window lock is never poisoned");
+            for e in events {
+                window.push(e);
+            }
+        }
+        {
+            let now = std::time::Instant::now();
+            let mut deadlines = shared.deadlines.lock().expect("deadline lock is never poisoned");
+            for (op, result) in ops.iter().zip(results) {
+                match (op, result) {
+                    (_, Ok(WriteResult::LeaseGranted { id, ttl, .. })) => {
+                        deadlines.insert(*id, now + std::time::Duration::from_secs((*ttl).max(0) as u64));
+                    }
+                    (WriteOp::LeaseRevoke { id }, Ok(_) | Err(StoreError::LeaseNotFound)) => {
+                        deadlines.remove(id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let revision = self.working.revision;
+        *shared.snapshot.write().expect("snapshot lock is never poisoned") = Arc::new(self.working.clone());
+        shared.db_size.store(
+            shared.db_size_base + self.objects.bytes_written() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        shared.published.send_if_modified(|r| {
+            let changed = *r != revision;
+            *r = revision;
+            changed
+        });
+    }
+
     /// Forgets everything not durable: reloads from the refs.
     fn rollback(&mut self) -> Result<(), StoreError> {
+        self.pending_events.clear();
         let repo_meta = self.repo.ref_target(&self.config.metadata_ref)?;
         let durable = self.durable.clone().expect("an open store is durable");
         if repo_meta == durable.meta_head {

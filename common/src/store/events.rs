@@ -1,0 +1,153 @@
+//! The events of each revision: kept in memory for a window of recent
+//! revisions (the writer records them exactly, in the order the request made
+//! them), and rebuilt from Git for older ones (by diffing the metadata trees
+//! of two revisions; within a revision they then come in key order).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::apply::Change;
+use super::{Kv, RevisionIndex, StoreError, history};
+use crate::meta;
+use crate::repo::{Kind, LocalRepo, tree};
+
+/// What one revision changed.
+#[derive(Clone, Debug)]
+pub struct RevisionEvents {
+    pub revision: i64,
+    pub changes: Vec<Change>,
+}
+
+/// The events of the most recent revisions, contiguous.
+#[derive(Debug)]
+pub struct Window {
+    events: VecDeque<Arc<RevisionEvents>>,
+    capacity: usize,
+}
+
+impl Window {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            events: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Appends the next revision's events, forgetting the oldest beyond
+    /// capacity.
+    pub fn push(&mut self, e: Arc<RevisionEvents>) {
+        if let Some(last) = self.events.back()
+            && last.revision + 1 != e.revision
+        {
+            // Not contiguous (a reload): start over.
+            self.events.clear();
+        }
+        self.events.push_back(e);
+        while self.events.len() > self.capacity {
+            self.events.pop_front();
+        }
+    }
+
+    /// The oldest revision held.
+    pub fn first(&self) -> Option<i64> {
+        self.events.front().map(|e| e.revision)
+    }
+
+    /// The held revisions within `from..=to`.
+    pub fn range(&self, from: i64, to: i64) -> Vec<Arc<RevisionEvents>> {
+        let Some(first) = self.first() else {
+            return Vec::new();
+        };
+        let start = usize::try_from(from - first).unwrap_or(0);
+        self.events
+            .iter()
+            .skip(start)
+            .take_while(|e| e.revision <= to)
+            .filter(|e| e.revision >= from)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Rebuilds the events of revision `rev` from Git: the keys whose metadata
+/// blobs differ between revision `rev - 1` and `rev`.
+pub fn from_git(repo: &LocalRepo, index: &RevisionIndex, rev: i64) -> Result<RevisionEvents, StoreError> {
+    let now = index.get(rev).ok_or(StoreError::Compacted)?;
+    let before = index.get(rev - 1);
+    let keys_tree = |commit: gix::ObjectId| -> Result<Option<gix::ObjectId>, StoreError> {
+        let tree = repo.commit(commit)?.tree;
+        Ok(repo.lookup(tree, &[meta::KEYS_DIR.as_bytes()])?.map(|e| e.id))
+    };
+    let new_keys = keys_tree(now.metadata)?;
+    let old_keys = match before {
+        Some(b) => keys_tree(b.metadata)?,
+        None => None,
+    };
+    let new_data = repo.commit(now.data)?.tree;
+    let old_data = match before {
+        Some(b) => Some(repo.commit(b.data)?.tree),
+        None => None,
+    };
+    let old_meta_tree = match before {
+        Some(b) => Some(repo.commit(b.metadata)?.tree),
+        None => None,
+    };
+    let mut changes = Vec::new();
+    for (path, blob) in tree::diff_files(repo, old_keys, new_keys)? {
+        let new = match blob {
+            Some(b) => {
+                Some(meta::decode_key(&repo.read(b, Kind::Blob)?).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            }
+            None => None,
+        };
+        let key = match &new {
+            Some((k, _)) => k.clone(),
+            None => {
+                // Removed: the key is named in the old blob.
+                let old_tree = old_keys.ok_or_else(|| StoreError::Corrupt("a removed key without a tree".into()))?;
+                let names: Vec<&[u8]> = path.iter().map(Vec::as_slice).collect();
+                let entry = repo
+                    .lookup(old_tree, &names)?
+                    .ok_or_else(|| StoreError::Corrupt("a removed key's metadata is missing".into()))?;
+                meta::decode_key(&repo.read(entry.id, Kind::Blob)?)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                    .0
+            }
+        };
+        let key = Bytes::from(key);
+        let new = match new {
+            Some((_, m)) => Some(Kv {
+                meta: m,
+                value: value_at(repo, new_data, &key)?,
+            }),
+            None => None,
+        };
+        let prev = match (old_meta_tree, old_data) {
+            (Some(mt), Some(dt)) => match history::key_meta(repo, mt, &key)? {
+                Some(m) => Some(Kv {
+                    meta: m,
+                    value: value_at(repo, dt, &key)?,
+                }),
+                None => None,
+            },
+            _ => None,
+        };
+        changes.push(Change { key, prev, new });
+    }
+    changes.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(RevisionEvents { revision: rev, changes })
+}
+
+fn value_at(repo: &LocalRepo, data_tree: gix::ObjectId, key: &Bytes) -> Result<Bytes, StoreError> {
+    let range = super::KeyRange::Single(key.clone());
+    let found = history::files_in(repo, data_tree, &range)?;
+    match found.into_iter().next() {
+        Some((_, blob)) => Ok(Bytes::from(repo.read(blob, Kind::Blob)?)),
+        None => Err(StoreError::Corrupt(format!(
+            "key {:?} has metadata but no file in tree {data_tree}",
+            String::from_utf8_lossy(key)
+        ))),
+    }
+}
