@@ -3,8 +3,10 @@
 mod cli;
 mod crash;
 mod differential;
+mod etcdctl;
 mod existing;
 mod keys;
+mod lease;
 mod maintenance;
 mod support;
 mod walkthrough;
