@@ -6,6 +6,7 @@ mod differential;
 mod etcdctl;
 mod existing;
 mod keys;
+mod kubernetes;
 mod lease;
 mod maintenance;
 mod support;

@@ -430,6 +430,11 @@ async fn busy_prefix_with_a_thousand_watchers_loses_nothing() -> Result<()> {
         }
         others.push(stream);
     }
+    // A stream whose client never reads: it must hold up nobody.
+    let stalled = WatchStream::open(gitcd.addr).await?;
+    for _ in 0..10 {
+        stalled.create(watch_prefix("/busy/", 0)).await?;
+    }
     let mut watched = WatchStream::open(gitcd.addr).await?;
     watched.create(watch_prefix("/busy/", 0)).await?;
     assert!(watched.next(Duration::from_secs(10)).await?.created);
@@ -465,6 +470,48 @@ async fn busy_prefix_with_a_thousand_watchers_loses_nothing() -> Result<()> {
     for d in drainers {
         assert!(d.await? > 0);
     }
+    drop(stalled);
+    gitcd.stop().await?;
+    Ok(())
+}
+
+/// Commits pushed with plain git produce the same events as API writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn external_commits_produce_watch_events() -> Result<()> {
+    use crate::support::{commit_files, git, new_work_repo};
+    let dir = tempfile::tempdir()?;
+    let served = dir.path().join("served.git");
+    let gitcd = Gitcd::start(&served).await?;
+    let mut watch = WatchStream::open(gitcd.addr).await?;
+    watch
+        .create(WatchCreateRequest {
+            prev_kv: true,
+            ..watch_prefix("/docs/", 0)
+        })
+        .await?;
+    assert!(watch.next(Duration::from_secs(5)).await?.created);
+    let work = dir.path().join("work");
+    new_work_repo(&work)?;
+    let url = served.to_str().unwrap_or_default();
+    git(&work, &["pull", "-q", url, "main"])?;
+    commit_files(&work, &[("docs/readme", "hello")], "add docs")?;
+    git(&work, &["push", "-q", url, "main"])?;
+    let r = watch.next(Duration::from_secs(10)).await?;
+    let e = &r.events[0];
+    assert_eq!(e.r#type, common::proto::mvccpb::event::EventType::Put as i32);
+    assert_eq!(
+        e.kv.as_ref().map(|kv| (kv.key.clone(), kv.value.clone(), kv.version)),
+        Some((Bytes::from_static(b"/docs/readme"), Bytes::from_static(b"hello"), 1))
+    );
+    commit_files(&work, &[("docs/readme", "changed")], "edit docs")?;
+    git(&work, &["push", "-q", url, "main"])?;
+    let r = watch.next(Duration::from_secs(10)).await?;
+    let e = &r.events[0];
+    assert_eq!(
+        e.prev_kv.as_ref().map(|p| p.value.clone()),
+        Some(Bytes::from_static(b"hello"))
+    );
+    assert_eq!(e.kv.as_ref().map(|kv| kv.version), Some(2));
     gitcd.stop().await?;
     Ok(())
 }
