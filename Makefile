@@ -2,8 +2,9 @@ SHELL := bash -o errexit -o pipefail -o nounset
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 REPO ?= /tmp/trishanku/gitcd
+E2E_CACHE ?= /var/cache/trishanku-e2e
 
-.PHONY: help run build test deps lint fmt
+.PHONY: help run build test deps lint fmt e2e e2e-k8s
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,3 +29,10 @@ test: deps lint ## Install test dependencies, lint, and run every test
 
 fmt: ## Format the code
 	$(CARGO) fmt
+
+e2e: e2e-k8s ## Run every end-to-end scenario
+
+e2e-k8s: deps ## Build kube-apiserver 1.20 from Debian's source (cached in $(E2E_CACHE)) and run it on gitcd
+	$(CARGO) build --release --bin gitcd
+	E2E_CACHE=$(E2E_CACHE) e2e/k8s/build.sh
+	E2E_CACHE=$(E2E_CACHE) GITCD=$(CURDIR)/target/release/gitcd e2e/k8s/run.sh

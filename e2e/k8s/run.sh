@@ -53,10 +53,10 @@ wait_for() {
 	done
 }
 
-# start_gitcd NAME PORT: a gitcd on repository $WORK/NAME.git.
+# start_gitcd NAME PORT: a gitcd on repository $WORK/<scenario>/NAME.git.
 start_gitcd() {
 	local name=$1 port=$2
-	"$GITCD" serve --repo "$WORK/$name.git" --listen-urls "http://127.0.0.1:$port" --name "$name" \
+	"$GITCD" serve --repo "$WORK/$CURRENT/$name.git" --listen-urls "http://127.0.0.1:$port" --name "$name" \
 		>>"$WORK/gitcd-$name.log" 2>&1 &
 	PIDS+=($!)
 	eval "GITCD_PID_$name=$!"
@@ -66,7 +66,7 @@ start_gitcd() {
 start_etcd() {
 	local port=$1 peer
 	peer=$(free_port)
-	etcd --name events --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$port" \
+	etcd --name events --data-dir "$WORK/$CURRENT/etcd" --listen-client-urls "http://127.0.0.1:$port" \
 		--advertise-client-urls "http://127.0.0.1:$port" --listen-peer-urls "http://127.0.0.1:$peer" \
 		--initial-advertise-peer-urls "http://127.0.0.1:$peer" --initial-cluster "events=http://127.0.0.1:$peer" \
 		>>"$WORK/etcd.log" 2>&1 &
@@ -162,7 +162,9 @@ check_objects() {
 	kubectl -n e2e label secret s1 tier=gold >/dev/null
 	[[ $(kubectl -n e2e get secrets -l tier=gold -o name) == secret/s1 ]] || fail "label selector"
 	kubectl -n e2e delete secret s1 >/dev/null
-	kubectl -n e2e get secret s1 2>&1 | grep -q NotFound || fail "deleted secret still there"
+	local gone
+	gone=$(kubectl -n e2e get secret s1 2>&1 || true)
+	[[ $gone == *NotFound* ]] || fail "deleted secret still there: $gone"
 
 	log "a CRD and custom resources"
 	kubectl apply -f - >/dev/null <<'EOF'
@@ -218,11 +220,12 @@ EOF
 check_git() {
 	local repo=$1 path=$2 port=$3
 	git -C "$repo" show "refs/heads/main:$path" | grep -q '^kind: ' || fail "$path is not YAML in $repo"
-	local commits rev
+	local commits rev messages
 	commits=$(git -C "$repo" rev-list --count refs/heads/main)
 	rev=$(etcdctl --endpoints="127.0.0.1:$port" endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])')
 	[[ $commits == "$rev" ]] || fail "$repo: $commits commits for revision $rev"
-	git -C "$repo" log --format=%s -3 refs/heads/main | grep -qvx '[0-9]*' && fail "commit messages are not revisions"
+	messages=$(git -C "$repo" log --format=%s -3 refs/heads/main | tr '\n' ' ')
+	[[ $messages =~ ^([0-9]+\ )+$ ]] || fail "commit messages are not revisions: $messages"
 	return 0
 }
 
@@ -235,8 +238,8 @@ scenario_one() {
 	start_apiserver "http://127.0.0.1:$port"
 	start_controllers
 	check_objects
-	check_git "$WORK/main.git" registry/configmaps/e2e/cm1 "$port"
-	check_git "$WORK/main.git" registry/deployments/e2e/web "$port"
+	check_git "$WORK/$CURRENT/main.git" registry/configmaps/e2e/cm1 "$port"
+	check_git "$WORK/$CURRENT/main.git" registry/deployments/e2e/web "$port"
 	stop_all
 	log "passed"
 }
@@ -256,12 +259,12 @@ scenario_two() {
 		--etcd-servers-overrides="/events#http://127.0.0.1:$events,/pods#http://127.0.0.1:$pods,/configmaps#http://127.0.0.1:$cms,/nodes#http://127.0.0.1:$nodes,coordination.k8s.io/leases#http://127.0.0.1:$leases"
 	start_controllers
 	check_objects
-	check_git "$WORK/configmaps.git" registry/configmaps/e2e/cm1 "$cms"
-	check_git "$WORK/main.git" registry/deployments/e2e/web "$main"
-	git -C "$WORK/main.git" ls-tree -r --name-only refs/heads/main | grep -q '^registry/configmaps/' &&
+	check_git "$WORK/$CURRENT/configmaps.git" registry/configmaps/e2e/cm1 "$cms"
+	check_git "$WORK/$CURRENT/main.git" registry/deployments/e2e/web "$main"
+	[[ -z $(git -C "$WORK/$CURRENT/main.git" ls-tree --name-only refs/heads/main registry/configmaps) ]] ||
 		fail "configmaps leaked into the main gitcd"
-	[[ -n $(git -C "$WORK/pods.git" ls-tree -r --name-only refs/heads/main registry/pods/e2e) ]] || fail "no pods in the pods gitcd"
-	[[ -n $(git -C "$WORK/leases.git" ls-tree -r --name-only refs/heads/main registry/leases/kube-system) ]] ||
+	[[ -n $(git -C "$WORK/$CURRENT/pods.git" ls-tree -r --name-only refs/heads/main registry/pods/e2e) ]] || fail "no pods in the pods gitcd"
+	[[ -n $(git -C "$WORK/$CURRENT/leases.git" ls-tree -r --name-only refs/heads/main registry/leases/kube-system) ]] ||
 		fail "no leases in the leases gitcd"
 	stop_all
 	log "passed"
@@ -294,7 +297,7 @@ scenario_three() {
 	log "informers resume: scaling the deployment creates pods"
 	kubectl -n e2e scale deployment web --replicas=3 >/dev/null
 	wait_for "3 pods after the restart" 120 bash -c "$(declare -f kubectl); BIN=$BIN WORK=$WORK; [[ \$(kubectl -n e2e get pods -l app=web -o name | wc -l) == 3 ]]"
-	git -C "$WORK/main.git" fsck --no-dangling >/dev/null 2>&1 || fail "git fsck after the restart"
+	git -C "$WORK/$CURRENT/main.git" fsck --no-dangling >/dev/null 2>&1 || fail "git fsck after the restart"
 	stop_all
 	log "passed"
 }
