@@ -42,9 +42,7 @@ impl Identity {
     /// Stable ids derived from the member's name and the data it serves.
     pub fn new(name: &str, data_ref: &str, client_urls: Vec<String>, max_request_bytes: usize) -> Self {
         let id = |what: &str| {
-            let d = sha1_smol::Sha1::from(format!("gitcd {what} {name} {data_ref}"))
-                .digest()
-                .bytes();
+            let d = <sha1::Sha1 as sha1::Digest>::digest(format!("gitcd {what} {name} {data_ref}"));
             u64::from_be_bytes(d[..8].try_into().expect("a SHA-1 digest has 20 bytes")) & !(1 << 63)
         };
         Self {

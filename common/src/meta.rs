@@ -50,7 +50,10 @@ impl ParseError {
 /// named by two hex digits of the key's SHA-1, so that each tree stays small
 /// however many keys one data directory holds.
 pub fn key_path(key: &[u8]) -> [String; 2] {
-    let hex = sha1_smol::Sha1::from(key).digest().to_string();
+    let hex: String = <sha1::Sha1 as sha1::Digest>::digest(key)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     [hex[..2].to_owned(), hex[2..].to_owned()]
 }
 

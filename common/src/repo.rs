@@ -337,21 +337,29 @@ impl LocalRepo {
     }
 }
 
-/// Writes loose objects durably: each file is fsynced before it is renamed
-/// into place, and [`ObjectWriter::sync`] fsyncs the directories that
-/// received files. Nothing may point at an object before `sync` returned.
+/// Writes loose objects durably. Each object goes to a temporary file at
+/// once; [`ObjectWriter::sync`] then fsyncs all of them in parallel (the
+/// file system folds concurrent fsyncs into few journal commits), renames
+/// them into place and fsyncs the directories. An object is readable by
+/// Git only after `sync`, and nothing may point at it before.
 pub struct ObjectWriter {
     objects_dir: PathBuf,
-    dirty_dirs: BTreeSet<PathBuf>,
+    /// Written to a temporary file, not yet synced and renamed.
+    pending: Vec<(PathBuf, PathBuf)>,
+    pending_ids: std::collections::HashSet<ObjectId>,
     bytes_written: u64,
     scratch: Vec<u8>,
 }
+
+/// Threads that fsync a group's objects.
+const SYNC_THREADS: usize = 16;
 
 impl ObjectWriter {
     pub fn new(git_dir: &Path) -> Self {
         Self {
             objects_dir: git_dir.join("objects"),
-            dirty_dirs: BTreeSet::new(),
+            pending: Vec::new(),
+            pending_ids: std::collections::HashSet::new(),
             bytes_written: 0,
             scratch: Vec::new(),
         }
@@ -362,14 +370,22 @@ impl ObjectWriter {
         self.bytes_written
     }
 
+    /// Whether objects await [`ObjectWriter::sync`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Writes one object and returns its id. Cheap when it already exists
     /// as a loose object.
     pub fn write(&mut self, kind: Kind, data: &[u8]) -> Result<ObjectId, RepoError> {
         let header = format!("{} {}\0", kind.name(), data.len());
-        let mut hasher = sha1_smol::Sha1::new();
-        hasher.update(header.as_bytes());
-        hasher.update(data);
-        let id = ObjectId::from_bytes_or_panic(&hasher.digest().bytes());
+        let mut hasher = <sha1::Sha1 as sha1::Digest>::new();
+        sha1::Digest::update(&mut hasher, header.as_bytes());
+        sha1::Digest::update(&mut hasher, data);
+        let id = ObjectId::from_bytes_or_panic(&sha1::Digest::finalize(hasher));
+        if self.pending_ids.contains(&id) {
+            return Ok(id);
+        }
         let hex = id.to_string();
         let dir = self.objects_dir.join(&hex[..2]);
         let path = dir.join(&hex[2..]);
@@ -378,7 +394,8 @@ impl ObjectWriter {
         }
         if !dir.exists() {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            self.dirty_dirs.insert(self.objects_dir.clone());
+            // The new directory's entry in objects/ must be durable too.
+            sync_dir(&self.objects_dir)?;
         }
         self.scratch.clear();
         {
@@ -389,27 +406,43 @@ impl ObjectWriter {
                 .map_err(io_err(&path))?;
         }
         let tmp = dir.join(format!("tmp_obj_{}", rand::random::<u64>()));
-        let write = || -> io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&self.scratch)?;
-            f.sync_data()?;
-            fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
+        if let Err(e) = fs::write(&tmp, &self.scratch) {
             let _ = fs::remove_file(&tmp);
             return Err(RepoError::Io { path, source: e });
         }
         self.bytes_written += self.scratch.len() as u64;
-        self.dirty_dirs.insert(dir);
+        self.pending.push((tmp, path));
+        self.pending_ids.insert(id);
         Ok(id)
     }
 
-    /// Makes every object written so far durable (directory entries).
+    /// Makes every object written so far durable and visible: fsyncs the
+    /// files (in parallel), renames them into place, fsyncs their
+    /// directories.
     pub fn sync(&mut self) -> Result<(), RepoError> {
-        for d in std::mem::take(&mut self.dirty_dirs) {
-            sync_dir(&d)?;
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_ids.clear();
+        if pending.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let tmps: Vec<PathBuf> = pending.iter().map(|(tmp, _)| tmp.clone()).collect();
+        sync_all(&tmps)?;
+        let mut dirs = BTreeSet::new();
+        for (tmp, path) in &pending {
+            fs::rename(tmp, path).map_err(io_err(path))?;
+            if let Some(d) = path.parent() {
+                dirs.insert(d.to_owned());
+            }
+        }
+        sync_all(&dirs.into_iter().collect::<Vec<_>>())
+    }
+
+    /// Drops objects not yet synced (a failed group).
+    pub fn discard(&mut self) {
+        for (tmp, _) in std::mem::take(&mut self.pending) {
+            let _ = fs::remove_file(tmp);
+        }
+        self.pending_ids.clear();
     }
 }
 
@@ -465,6 +498,28 @@ fn sync_file(path: &Path) -> Result<(), RepoError> {
 
 fn sync_dir(path: &Path) -> Result<(), RepoError> {
     sync_file(path)
+}
+
+/// fsyncs files or directories on up to [`SYNC_THREADS`] threads.
+fn sync_all(paths: &[PathBuf]) -> Result<(), RepoError> {
+    if paths.len() <= 1 {
+        return paths.iter().try_for_each(|p| sync_file(p));
+    }
+    let chunk = paths.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = paths
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().try_for_each(|p| sync_file(p))))
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join().unwrap_or_else(|_| {
+                Err(RepoError::Io {
+                    path: PathBuf::from("fsync worker"),
+                    source: io::Error::other("an fsync thread panicked"),
+                })
+            })
+        })
+    })
 }
 
 /// Total size of the files below `dir` (the repository's object store).

@@ -615,6 +615,7 @@ impl Writer {
     /// Forgets everything not durable: reloads from the refs.
     fn rollback(&mut self) -> Result<(), StoreError> {
         self.pending_events.clear();
+        self.objects.discard();
         let repo_meta = self.repo.ref_target(&self.config.metadata_ref)?;
         let durable = self.durable.clone().expect("an open store is durable");
         if repo_meta == durable.meta_head {
@@ -647,6 +648,14 @@ impl Writer {
         }
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
+            // A txn that reads a past revision may read one written in this
+            // group: its objects must be visible first.
+            if let WriteOp::Txn(t) = op
+                && reads_history(t)
+                && self.objects.has_pending()
+            {
+                self.objects.sync()?;
+            }
             let before = self.working.clone();
             let begin = before.revision;
             match self.apply(op) {
@@ -745,6 +754,16 @@ impl Writer {
         let changes = a.changes;
         Ok((result, changes, meta_changed))
     }
+}
+
+/// Whether a txn has a Range at an explicit revision, in any branch.
+fn reads_history(t: &crate::proto::etcdserverpb::TxnRequest) -> bool {
+    use crate::proto::etcdserverpb::request_op::Request;
+    t.success.iter().chain(&t.failure).any(|op| match &op.request {
+        Some(Request::RequestRange(r)) => r.revision > 0,
+        Some(Request::RequestTxn(t)) => reads_history(t),
+        _ => false,
+    })
 }
 
 fn op_summary(op: &WriteOp) -> String {
