@@ -4,7 +4,7 @@ CARGO ?= cargo
 REPO ?= /tmp/trishanku/gitcd
 E2E_CACHE ?= /var/cache/trishanku-e2e
 
-.PHONY: help run build test deps lint fmt e2e e2e-k8s
+.PHONY: help run build test deps lint fmt e2e e2e-k8s bench
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -36,3 +36,7 @@ e2e-k8s: deps ## Build kube-apiserver 1.20 from Debian's source (cached in $(E2E
 	$(CARGO) build --release --bin gitcd
 	E2E_CACHE=$(E2E_CACHE) e2e/k8s/build.sh
 	E2E_CACHE=$(E2E_CACHE) GITCD=$(CURDIR)/target/release/gitcd e2e/k8s/run.sh
+
+bench: deps ## Benchmark gitcd against a real etcd in the same run (W1-W6); prints a table (see docs/performance.md)
+	$(CARGO) build --release --bin gitcd -p trishanku --bin gitcd-bench -p trishanku-bench
+	target/release/gitcd-bench --gitcd target/release/gitcd --etcd etcd $(BENCH_ARGS)

@@ -1,0 +1,728 @@
+//! gitcd-bench: runs the same workloads against a real etcd and gitcd in the
+//! same run, on loopback, with their data on the same disk, and prints one
+//! table: workload, etcd, gitcd, ratio. See docs/performance.md.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use clap::Parser;
+use common::proto::etcdserverpb::{
+    Compare, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, WatchCreateRequest, WatchRequest, compare,
+    kv_client::KvClient, maintenance_client::MaintenanceClient, request_op, response_op, watch_client::WatchClient,
+    watch_request,
+};
+use rand::{Rng, SeedableRng};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(about = "Benchmark gitcd against etcd in the same run")]
+struct Args {
+    /// The gitcd binary.
+    #[arg(long, default_value = "target/release/gitcd")]
+    gitcd: PathBuf,
+    /// The etcd binary.
+    #[arg(long, default_value = "etcd")]
+    etcd: PathBuf,
+    /// Where both servers keep their data (the same disk for both).
+    #[arg(long, default_value = "/tmp/trishanku-bench")]
+    dir: PathBuf,
+    /// Comma-separated workloads: w1..w6.
+    #[arg(long, default_value = "w1,w2,w3,w4,w5,w6")]
+    workloads: String,
+    /// How long each timed workload runs.
+    #[arg(long, default_value = "15")]
+    seconds: u64,
+    /// Keys loaded for the start-up workload (W6).
+    #[arg(long, default_value_t = 100_000)]
+    startup_keys: usize,
+    /// Commits of the synthetic history for W5.
+    #[arg(long, default_value_t = 10_000)]
+    history_commits: usize,
+}
+
+/// One row of the table.
+struct Row {
+    workload: &'static str,
+    metric: String,
+    etcd: Option<f64>,
+    gitcd: f64,
+    /// Whether bigger is better (throughput) or smaller (latency, time).
+    higher_is_better: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let workloads: Vec<&str> = args.workloads.split(',').map(str::trim).collect();
+    std::fs::create_dir_all(&args.dir)?;
+    let mut rows = Vec::new();
+    for w in &workloads {
+        eprintln!("== {w}");
+        let r = match *w {
+            "w1" => both(&args, "w1", |addr| w1_kube_writes(addr, args.seconds)).await?,
+            "w2" => both(&args, "w2", w2_check_perf).await?,
+            "w3" => both(&args, "w3", |addr| w3_reads(addr, args.seconds)).await?,
+            "w4" => both(&args, "w4", |addr| w4_watch(addr, args.seconds)).await?,
+            "w5" => w5_init(&args).await?,
+            "w6" => w6_startup(&args).await?,
+            other => bail!("unknown workload {other}"),
+        };
+        rows.extend(r);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!("| workload | metric | etcd | gitcd | gitcd/etcd |");
+    println!("|---|---|---:|---:|---:|");
+    for r in rows {
+        let etcd = r.etcd.map_or("-".to_owned(), fmt);
+        let ratio = match r.etcd {
+            Some(e) if e > 0.0 => format!("{:.2}", r.gitcd / e),
+            _ => "-".to_owned(),
+        };
+        let better = if r.higher_is_better {
+            "higher is better"
+        } else {
+            "lower is better"
+        };
+        println!(
+            "| {} | {} ({better}) | {etcd} | {} | {ratio} |",
+            r.workload,
+            r.metric,
+            fmt(r.gitcd)
+        );
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// A server under test.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn rss_peak_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn start_etcd(args: &Args, data: &Path) -> Result<Server> {
+    let (client, peer) = (free_port()?, free_port()?);
+    let child = Command::new(&args.etcd)
+        .args([
+            "--name=bench",
+            &format!("--data-dir={}", data.display()),
+            &format!("--listen-client-urls=http://127.0.0.1:{client}"),
+            &format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+            &format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            &format!("--initial-cluster=bench=http://127.0.0.1:{peer}"),
+            "--log-level=error",
+            "--experimental-watch-progress-notify-interval=5s",
+            "--logger=zap",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting etcd")?;
+    let mut server = Server {
+        child,
+        addr: format!("127.0.0.1:{client}").parse()?,
+    };
+    ready(&mut server).await?;
+    Ok(server)
+}
+
+async fn start_gitcd(args: &Args, repo: &Path) -> Result<Server> {
+    let port = free_port()?;
+    let child = Command::new(&args.gitcd)
+        .args(["serve", "--listen-urls", &format!("http://127.0.0.1:{port}")])
+        .arg("--repo")
+        .arg(repo)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting gitcd")?;
+    let mut server = Server {
+        child,
+        addr: format!("127.0.0.1:{port}").parse()?,
+    };
+    ready(&mut server).await?;
+    Ok(server)
+}
+
+async fn channel(addr: SocketAddr) -> Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?.connect().await?)
+}
+
+/// Waits until the server answers Status; returns how long that took.
+async fn ready(server: &mut Server) -> Result<Duration> {
+    let addr = server.addr;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait()? {
+            bail!("the server on {addr} exited: {status}");
+        }
+        if let Ok(ch) = channel(addr).await
+            && MaintenanceClient::new(ch).status(StatusRequest {}).await.is_ok()
+        {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("{addr} did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What a timed workload measured.
+struct Measured {
+    ops: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    extra: Vec<(String, f64, bool)>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Runs `work` against a fresh etcd and a fresh gitcd and builds the rows.
+async fn both<F, Fut>(args: &Args, name: &'static str, work: F) -> Result<Vec<Row>>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<Measured>>,
+{
+    let base = args.dir.join(name);
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base)?;
+    let mut results = Vec::new();
+    for which in ["etcd", "gitcd"] {
+        let server = if which == "etcd" {
+            start_etcd(args, &base.join("etcd")).await?
+        } else {
+            start_gitcd(args, &base.join("gitcd.git")).await?
+        };
+        let mut m = work(server.addr).await?;
+        if let Some(rss) = server.rss_peak_mib() {
+            m.extra.push(("peak RSS MiB".into(), rss, false));
+        }
+        eprintln!("   {which}: {} ops in {:.1}s", m.ops, m.elapsed.as_secs_f64());
+        results.push(m);
+    }
+    for m in results.iter_mut() {
+        m.latencies.sort();
+    }
+    let (e, g) = (&results[0], &results[1]);
+    let gl = &g.latencies;
+    let mut rows = Vec::new();
+    if g.ops > 0 && !g.latencies.is_empty() {
+        let tput = |m: &Measured| m.ops as f64 / m.elapsed.as_secs_f64();
+        rows.push(Row {
+            workload: name,
+            metric: "ops/s".into(),
+            etcd: Some(tput(e)),
+            gitcd: tput(g),
+            higher_is_better: true,
+        });
+        for (label, p) in [("p50 ms", 0.5), ("p90 ms", 0.9), ("p99 ms", 0.99), ("max ms", 1.0)] {
+            rows.push(Row {
+                workload: name,
+                metric: label.into(),
+                etcd: Some(percentile(&e.latencies, p)),
+                gitcd: percentile(gl, p),
+                higher_is_better: false,
+            });
+        }
+    }
+    for (label, gv, higher) in &g.extra {
+        let ev = e.extra.iter().find(|(l, _, _)| l == label).map(|(_, v, _)| *v);
+        rows.push(Row {
+            workload: name,
+            metric: label.clone(),
+            etcd: ev,
+            gitcd: *gv,
+            higher_is_better: *higher,
+        });
+    }
+    Ok(rows)
+}
+
+fn mod_equals(key: &Bytes, rev: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Mod as i32,
+        key: key.clone(),
+        target_union: Some(compare::TargetUnion::ModRevision(rev)),
+        range_end: Bytes::new(),
+    }
+}
+
+/// W1: kube-apiserver's writes: creates (`MOD(key)=0` txn + put) and
+/// updates (`MOD(key)=rev` txn + put, Get in the else branch).
+async fn w1_kube_writes(addr: SocketAddr, seconds: u64) -> Result<Measured> {
+    let clients = 64;
+    let connections = 8;
+    let channels: Vec<Channel> = {
+        let mut v = Vec::new();
+        for _ in 0..connections {
+            v.push(channel(addr).await?);
+        }
+        v
+    };
+    let known: Arc<Mutex<HashMap<Bytes, i64>>> = Arc::default();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut kv = KvClient::new(channels[c % connections].clone());
+        let known = known.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
+            let mut latencies = Vec::new();
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let resource = rng.random_range(0..10);
+                let ns = rng.random_range(0..20);
+                let update = rng.random_bool(0.7);
+                let value = Bytes::from(vec![b'x'; rng.random_range(1024..4096)]);
+                let existing = if update {
+                    let k = known.lock().await;
+                    k.iter()
+                        .nth(rng.random_range(0..k.len().max(1)))
+                        .map(|(k, r)| (k.clone(), *r))
+                } else {
+                    None
+                };
+                let (key, expected) = match existing {
+                    Some(e) => e,
+                    None => {
+                        n += 1;
+                        (Bytes::from(format!("/registry/r{resource}/ns{ns}/obj-{c}-{n}")), 0)
+                    }
+                };
+                let req = TxnRequest {
+                    compare: vec![mod_equals(&key, expected)],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestPut(PutRequest {
+                            key: key.clone(),
+                            value,
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: vec![RequestOp {
+                        request: Some(request_op::Request::RequestRange(RangeRequest {
+                            key: key.clone(),
+                            ..Default::default()
+                        })),
+                    }],
+                };
+                let t = Instant::now();
+                let resp = kv.txn(req).await?.into_inner();
+                latencies.push(t.elapsed());
+                let rev = if resp.succeeded {
+                    resp.header.map_or(0, |h| h.revision)
+                } else {
+                    match resp.responses.first().and_then(|r| r.response.as_ref()) {
+                        Some(response_op::Response::ResponseRange(r)) => r.kvs.first().map_or(0, |kv| kv.mod_revision),
+                        _ => 0,
+                    }
+                };
+                known.lock().await.insert(key, rev);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(Measured {
+        ops: latencies.len(),
+        elapsed: start.elapsed(),
+        latencies,
+        extra: Vec::new(),
+    })
+}
+
+/// W2: `etcdctl check perf --load=s`; reports writes/s and PASS (1) or FAIL (0).
+async fn w2_check_perf(addr: SocketAddr) -> Result<Measured> {
+    let start = Instant::now();
+    let out = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([&format!("--endpoints={addr}"), "check", "perf", "--load=s"])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let pass = text.lines().any(|l| l.trim() == "PASS");
+    let tput = text
+        .lines()
+        .find_map(|l| {
+            l.split("Throughput is ")
+                .nth(1)
+                .or_else(|| l.split("Throughput too low: ").nth(1))
+        })
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let slowest = text
+        .lines()
+        .find_map(|l| {
+            l.split("Slowest request took ")
+                .nth(1)
+                .or_else(|| l.split("Slowest request took too long: ").nth(1))
+        })
+        .and_then(|t| t.trim_end_matches('s').parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Ok(Measured {
+        ops: 0,
+        elapsed: start.elapsed(),
+        latencies: Vec::new(),
+        extra: vec![
+            ("check perf --load=s writes/s".into(), tput, true),
+            ("check perf slowest s".into(), slowest, false),
+            (
+                "check perf PASS (1) / FAIL (0)".into(),
+                if pass { 1.0 } else { 0.0 },
+                true,
+            ),
+        ],
+    })
+}
+
+/// W3: reads: single-key gets and paged lists (limit 500) of a 5,000-key prefix.
+async fn w3_reads(addr: SocketAddr, seconds: u64) -> Result<Measured> {
+    let ch = channel(addr).await?;
+    let mut kv = KvClient::new(ch.clone()).max_decoding_message_size(usize::MAX);
+    for batch in 0..50 {
+        let ops = (0..100)
+            .map(|i| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: Bytes::from(format!("/registry/pods/bench/p-{:05}", batch * 100 + i)),
+                    value: Bytes::from(vec![b'v'; 1024]),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        kv.txn(TxnRequest {
+            compare: vec![],
+            success: ops,
+            failure: vec![],
+        })
+        .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..64 {
+        let mut kv = KvClient::new(ch.clone()).max_decoding_message_size(usize::MAX);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(c);
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let req = if rng.random_bool(0.5) {
+                    RangeRequest {
+                        key: Bytes::from(format!("/registry/pods/bench/p-{:05}", rng.random_range(0..5000))),
+                        ..Default::default()
+                    }
+                } else {
+                    let start = rng.random_range(0..10) * 500;
+                    RangeRequest {
+                        key: Bytes::from(format!("/registry/pods/bench/p-{start:05}")),
+                        range_end: Bytes::from_static(b"/registry/pods/bench0"),
+                        limit: 500,
+                        ..Default::default()
+                    }
+                };
+                let t = Instant::now();
+                kv.range(req).await?;
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(Measured {
+        ops: latencies.len(),
+        elapsed: start.elapsed(),
+        latencies,
+        extra: Vec::new(),
+    })
+}
+
+/// W4: 1,000 watchers on a prefix while writes go on at ~100/s; latency
+/// from a put's acknowledgement to each watcher's delivery; counts events
+/// lost or out of order.
+async fn w4_watch(addr: SocketAddr, seconds: u64) -> Result<Measured> {
+    let streams = 10;
+    let per_stream = 100;
+    let acked: Arc<std::sync::Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut watchers = Vec::new();
+    for _ in 0..streams {
+        let ch = channel(addr).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        for _ in 0..per_stream {
+            tx.send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: Bytes::from_static(b"/registry/w4/"),
+                    range_end: Bytes::from_static(b"/registry/w40"),
+                    ..Default::default()
+                })),
+            })
+            .await?;
+        }
+        let acked = acked.clone();
+        let mut stop = stop_rx.clone();
+        watchers.push(tokio::spawn(async move {
+            let _keep = tx;
+            let mut stream = WatchClient::new(ch)
+                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let mut latencies = Vec::new();
+            let mut last: HashMap<i64, i64> = HashMap::new();
+            let (mut delivered, mut disorder) = (0usize, 0usize);
+            loop {
+                let r = tokio::select! {
+                    m = stream.message() => match m? {
+                        Some(r) => r,
+                        None => break,
+                    },
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                let now = Instant::now();
+                for e in r.events {
+                    let rev = e.kv.map_or(0, |kv| kv.mod_revision);
+                    if rev <= last.insert(r.watch_id, rev).unwrap_or(0) {
+                        disorder += 1;
+                    }
+                    delivered += 1;
+                    if let Some(t) = acked.lock().expect("lock").get(&rev) {
+                        latencies.push(now.saturating_duration_since(*t));
+                    }
+                }
+            }
+            anyhow::Ok((latencies, delivered, disorder))
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut kv = KvClient::new(channel(addr).await?);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut writes = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let r = kv
+            .put(PutRequest {
+                key: Bytes::from(format!("/registry/w4/obj-{}", writes % 200)),
+                value: Bytes::from(vec![b'w'; 1024]),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        acked
+            .lock()
+            .expect("lock")
+            .insert(r.header.map_or(0, |h| h.revision), Instant::now());
+        writes += 1;
+    }
+    let elapsed = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop_tx.send(true);
+    let (mut latencies, mut delivered, mut disorder) = (Vec::new(), 0usize, 0usize);
+    for w in watchers {
+        let (l, d, o) = w.await??;
+        latencies.extend(l);
+        delivered += d;
+        disorder += o;
+    }
+    let expected = writes * streams * per_stream;
+    Ok(Measured {
+        ops: writes,
+        elapsed,
+        latencies,
+        extra: vec![
+            ("events lost".into(), expected.saturating_sub(delivered) as f64, false),
+            ("events out of order".into(), disorder as f64, false),
+        ],
+    })
+}
+
+/// W5: `gitcd init` over a synthetic history (a 5,000-file tree, then one
+/// file changed per commit), made with `git fast-import`.
+async fn w5_init(args: &Args) -> Result<Vec<Row>> {
+    let repo = args.dir.join("w5.git");
+    let _ = std::fs::remove_dir_all(&repo);
+    let status = Command::new("git").args(["init", "-q", "--bare"]).arg(&repo).status()?;
+    if !status.success() {
+        bail!("git init failed");
+    }
+    let mut stream = String::new();
+    let files = 5000;
+    for c in 0..args.history_commits {
+        stream.push_str(&format!(
+            "commit refs/heads/main\ncommitter bench <bench@example.com> {} +0000\ndata 1\nx\n",
+            1_700_000_000 + c
+        ));
+        let touched: Vec<usize> = if c == 0 {
+            (0..files).collect()
+        } else {
+            vec![(c * 7919) % files]
+        };
+        for f in touched {
+            let content = format!("file {f} at commit {c}\n");
+            stream.push_str(&format!(
+                "M 100644 inline registry/things/ns{}/item-{f}\ndata {}\n{content}\n",
+                f % 50,
+                content.len()
+            ));
+        }
+    }
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["fast-import", "--quiet"])
+        .stdin(Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write as _;
+        child.stdin.take().context("stdin")?.write_all(stream.as_bytes())?;
+    }
+    if !child.wait()?.success() {
+        bail!("git fast-import failed");
+    }
+    let start = Instant::now();
+    let out = Command::new(&args.gitcd)
+        .arg("init")
+        .arg("--repo")
+        .arg(&repo)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let elapsed = start.elapsed();
+    if !out.status.success() {
+        bail!("gitcd init failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    eprintln!(
+        "   gitcd init: {} commits in {:.1}s",
+        args.history_commits,
+        elapsed.as_secs_f64()
+    );
+    Ok(vec![Row {
+        workload: "w5",
+        metric: format!("gitcd init commits/s ({} commits, {files} files)", args.history_commits),
+        etcd: None,
+        gitcd: args.history_commits as f64 / elapsed.as_secs_f64(),
+        higher_is_better: true,
+    }])
+}
+
+/// W6: start-up with many keys: load them, stop the server, start it again,
+/// time until it answers, and its RSS then.
+async fn w6_startup(args: &Args) -> Result<Vec<Row>> {
+    let base = args.dir.join("w6");
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base)?;
+    let mut results = Vec::new();
+    for which in ["etcd", "gitcd"] {
+        let start_server = || async {
+            if which == "etcd" {
+                start_etcd(args, &base.join("etcd")).await
+            } else {
+                start_gitcd(args, &base.join("gitcd.git")).await
+            }
+        };
+        let server = start_server().await?;
+        let mut kv = KvClient::new(channel(server.addr).await?);
+        let mut n = 0;
+        while n < args.startup_keys {
+            let ops: Vec<RequestOp> = (n..(n + 128).min(args.startup_keys))
+                .map(|i| RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: Bytes::from(format!("/registry/r{}/ns{}/obj-{i}", i % 10, i % 20)),
+                        value: Bytes::from(vec![b'v'; 1024]),
+                        ..Default::default()
+                    })),
+                })
+                .collect();
+            n += ops.len();
+            kv.txn(TxnRequest {
+                compare: vec![],
+                success: ops,
+                failure: vec![],
+            })
+            .await?;
+        }
+        drop(server);
+        let t = Instant::now();
+        let server = start_server().await?;
+        let took = t.elapsed();
+        let rss = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            .map_or(0.0, |kib| kib / 1024.0);
+        eprintln!(
+            "   {which}: ready in {:.2}s with {} keys, RSS {rss:.0} MiB",
+            took.as_secs_f64(),
+            args.startup_keys
+        );
+        results.push((took.as_secs_f64(), rss));
+    }
+    Ok(vec![
+        Row {
+            workload: "w6",
+            metric: format!("start-up s ({} keys)", args.startup_keys),
+            etcd: Some(results[0].0),
+            gitcd: results[1].0,
+            higher_is_better: false,
+        },
+        Row {
+            workload: "w6",
+            metric: "RSS after start-up MiB".into(),
+            etcd: Some(results[0].1),
+            gitcd: results[1].1,
+            higher_is_better: false,
+        },
+    ])
+}
