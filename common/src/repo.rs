@@ -383,6 +383,7 @@ impl ObjectWriter {
         sha1::Digest::update(&mut hasher, header.as_bytes());
         sha1::Digest::update(&mut hasher, data);
         let id = ObjectId::from_bytes_or_panic(&sha1::Digest::finalize(hasher));
+        self.scratch.reserve(data.len() + header.len() + 64);
         if self.pending_ids.contains(&id) {
             return Ok(id);
         }

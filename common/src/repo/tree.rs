@@ -258,7 +258,8 @@ impl TreeNode {
         if let Some(id) = self.id {
             return Ok(id);
         }
-        let mut buf = Vec::with_capacity(self.children.len() * 64);
+        let size: usize = self.children.keys().map(|k| k.len() + 28).sum();
+        let mut buf = Vec::with_capacity(size);
         for (key, child) in self.children.iter_mut() {
             let (mode, id, name) = match child {
                 Child::Leaf { mode, id } => (*mode, *id, &key[..]),
@@ -269,7 +270,7 @@ impl TreeNode {
                     (MODE_TREE, *id, &key[..key.len() - 1])
                 }
             };
-            buf.extend_from_slice(format!("{mode:o} ").as_bytes());
+            buf.extend_from_slice(mode_bytes(mode));
             buf.extend_from_slice(name);
             buf.push(0);
             buf.extend_from_slice(id.as_bytes());
@@ -282,6 +283,17 @@ impl TreeNode {
 
 /// A path as tree entry names from some root.
 pub type Path = Vec<Vec<u8>>;
+
+/// A mode as written in a tree entry, with its trailing space.
+fn mode_bytes(mode: u32) -> &'static [u8] {
+    match mode {
+        MODE_TREE => b"40000 ",
+        MODE_EXEC => b"100755 ",
+        MODE_LINK => b"120000 ",
+        MODE_COMMIT => b"160000 ",
+        _ => b"100644 ",
+    }
+}
 
 /// Every file below tree `root`, with its path, in Git order. Gitlinks are
 /// skipped: they are not files.
