@@ -511,7 +511,6 @@ async fn w4_watch(addr: SocketAddr, seconds: u64) -> Result<Measured> {
             })
             .await?;
         }
-        let acked = acked.clone();
         let mut stop = stop_rx.clone();
         watchers.push(tokio::spawn(async move {
             let _keep = tx;
@@ -537,9 +536,9 @@ async fn w4_watch(addr: SocketAddr, seconds: u64) -> Result<Measured> {
                         disorder += 1;
                     }
                     delivered += 1;
-                    if let Some(t) = acked.lock().expect("lock").get(&rev) {
-                        latencies.push(now.saturating_duration_since(*t));
-                    }
+                    // Matched with the acknowledgement afterwards: a delivery
+                    // may come before the writer has seen its ack.
+                    latencies.push((rev, now));
                 }
             }
             anyhow::Ok((latencies, delivered, disorder))
@@ -571,9 +570,14 @@ async fn w4_watch(addr: SocketAddr, seconds: u64) -> Result<Measured> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
     let (mut latencies, mut delivered, mut disorder) = (Vec::new(), 0usize, 0usize);
+    let acks = acked.lock().expect("lock").clone();
     for w in watchers {
-        let (l, d, o) = w.await??;
-        latencies.extend(l);
+        let (seen, d, o) = w.await??;
+        // Latency from the acknowledgement; 0 when the event arrived first.
+        latencies.extend(
+            seen.into_iter()
+                .filter_map(|(rev, at): (i64, Instant)| acks.get(&rev).map(|t| at.saturating_duration_since(*t))),
+        );
         delivered += d;
         disorder += o;
     }
