@@ -195,7 +195,8 @@ EOF
 	log "kubectl get --watch sees changes"
 	kubectl -n e2e get configmaps --watch -o name >"$WORK/watch.out" 2>>"$WORK/kubectl-watch.log" &
 	local watcher=$!
-	sleep 2
+	# The watch lists what exists first: once cm1 shows, it is watching.
+	wait_for "the watch to start" 30 grep -q configmap/cm1 "$WORK/watch.out"
 	kubectl -n e2e create configmap watched --from-literal=x=1 >/dev/null
 	wait_for "the watch to see configmap/watched" 30 grep -q configmap/watched "$WORK/watch.out"
 	kill $watcher 2>/dev/null || true
@@ -287,7 +288,7 @@ scenario_three() {
 
 	log "kill -9 gitcd and restart it"
 	kill -9 "$GITCD_PID_main"
-	sleep 1
+	wait "$GITCD_PID_main" 2>/dev/null || true
 	start_gitcd main "$port"
 	wait_for "kube-apiserver ready again" 60 kubectl get --raw /readyz
 	for i in $(seq 1 10); do
