@@ -284,6 +284,20 @@ where
     Ok(rows)
 }
 
+/// Waits for clients that each return their request latencies.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>>>>, start: Instant) -> Result<Measured> {
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(Measured {
+        ops: latencies.len(),
+        elapsed: start.elapsed(),
+        latencies,
+        extra: Vec::new(),
+    })
+}
+
 fn mod_equals(key: &Bytes, rev: i64) -> Compare {
     Compare {
         result: compare::CompareResult::Equal as i32,
@@ -369,16 +383,7 @@ async fn w1_kube_writes(addr: SocketAddr, seconds: u64) -> Result<Measured> {
             anyhow::Ok(latencies)
         }));
     }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    Ok(Measured {
-        ops: latencies.len(),
-        elapsed: start.elapsed(),
-        latencies,
-        extra: Vec::new(),
-    })
+    gather(tasks, start).await
 }
 
 /// W2: `etcdctl check perf --load=s`; reports writes/s and PASS (1) or FAIL (0).
@@ -477,16 +482,7 @@ async fn w3_reads(addr: SocketAddr, seconds: u64) -> Result<Measured> {
             anyhow::Ok(latencies)
         }));
     }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    Ok(Measured {
-        ops: latencies.len(),
-        elapsed: start.elapsed(),
-        latencies,
-        extra: Vec::new(),
-    })
+    gather(tasks, start).await
 }
 
 /// W4: 1,000 watchers on a prefix while writes go on at ~100/s; latency
