@@ -629,9 +629,7 @@ fn random_ops(seed: u64, n: usize) -> Vec<Op> {
 /// gitcd reports an etcd 3.5 version, so it answers as 3.5 does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_sort_option_is_refused_as_in_etcd_3_5() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
-    let mut c = gitcd.client().await?;
+    let (_dir, gitcd, mut c) = Gitcd::fresh().await?;
     for (order, target) in [(7, 0), (0, 9)] {
         let s =
             c.kv.range(RangeRequest {

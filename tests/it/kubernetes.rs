@@ -83,9 +83,7 @@ async fn list_page(c: &mut Client, prefix: &str, start: Bytes, limit: i64, revis
 /// revision, while writers change the collection in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn list_pages_are_pinned_to_the_first_revision() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
-    let mut c = gitcd.client().await?;
+    let (_dir, gitcd, mut c) = Gitcd::fresh().await?;
     let prefix = "/registry/pods/default/";
     for i in 0..25 {
         create(&mut c, &format!("{prefix}pod-{i:02}"), &format!("v1 {i}"), 0).await?;
@@ -144,9 +142,7 @@ async fn list_pages_are_pinned_to_the_first_revision() -> Result<()> {
 /// current object (the Else Get), retries succeed, no update is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guaranteed_update_with_conflicts() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
-    let mut c = gitcd.client().await?;
+    let (_dir, gitcd, mut c) = Gitcd::fresh().await?;
     let key = "/registry/configmaps/default/counter";
     create(&mut c, key, "0", 0).await?;
     let workers = 6;
@@ -204,9 +200,7 @@ async fn guaranteed_update_with_conflicts() -> Result<()> {
 /// previous round's revision; newer kube-apiservers also watch the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compaction_loop_on_compact_rev_key() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
-    let mut c = gitcd.client().await?;
+    let (_dir, gitcd, mut c) = Gitcd::fresh().await?;
     let mut watch = WatchStream::open(gitcd.addr).await?;
     watch
         .create(WatchCreateRequest {
@@ -301,9 +295,7 @@ async fn compaction_loop_on_compact_rev_key() -> Result<()> {
 /// deletes carry the previous object, creates do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_from_resource_version_with_prev_kv() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
-    let mut c = gitcd.client().await?;
+    let (_dir, gitcd, mut c) = Gitcd::fresh().await?;
     let prefix = "/registry/secrets/ns/";
     let created = create(&mut c, &format!("{prefix}a"), "1", 0).await?;
     let rv = rev(&created.header);
@@ -342,9 +334,7 @@ async fn watch_from_resource_version_with_prev_kv() -> Result<()> {
 /// expiry deletes them all in one revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_objects_on_one_event_lease() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
-    let mut c = gitcd.client().await?;
+    let (_dir, gitcd, mut c) = Gitcd::fresh().await?;
     let lease = c
         .lease
         .lease_grant(LeaseGrantRequest { ttl: 3, id: 0 })
@@ -403,9 +393,7 @@ async fn a_thousand_objects_on_one_event_lease() -> Result<()> {
 /// once the refreshes stop, the key expires on time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn master_lease_regranted_then_expiring_on_time() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
-    let mut c = gitcd.client().await?;
+    let (_dir, gitcd, mut c) = Gitcd::fresh().await?;
     let key = "/registry/masterleases/127.0.0.1";
     let mut last_put = Instant::now();
     for _ in 0..4 {

@@ -150,9 +150,7 @@ async fn lease_lifecycle_matches_etcd() -> Result<()> {
 /// carrying the previous values; keep-alive holds it off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expiry_deletes_keys_in_one_revision() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
-    let mut c = gitcd.client().await?;
+    let (_dir, gitcd, mut c) = Gitcd::fresh().await?;
     let short = c
         .lease
         .lease_grant(LeaseGrantRequest { ttl: 2, id: 0 })

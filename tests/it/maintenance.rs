@@ -13,9 +13,7 @@ use crate::support::Gitcd;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_alarm_defragment_and_members() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
-    let mut c = gitcd.client().await?;
+    let (_dir, gitcd, mut c) = Gitcd::fresh().await?;
     let before = c.maintenance.status(StatusRequest {}).await?.into_inner();
     assert_eq!(before.version, "3.5.16");
     assert_eq!(before.header.as_ref().map(|h| h.revision), Some(1));

@@ -104,6 +104,15 @@ impl Gitcd {
         })
     }
 
+    /// A gitcd on a new repository in a temp dir (kept alive by the
+    /// returned guard), and a client of it.
+    pub async fn fresh() -> Result<(tempfile::TempDir, Self, Client)> {
+        let dir = tempfile::tempdir()?;
+        let gitcd = Self::start(&dir.path().join("repo")).await?;
+        let client = gitcd.client().await?;
+        Ok((dir, gitcd, client))
+    }
+
     pub async fn client(&self) -> Result<Client> {
         Client::connect(self.addr).await
     }

@@ -340,9 +340,7 @@ async fn replay_reads_history_from_git_after_a_restart() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn progress_notifications_and_requests() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
-    let mut c = gitcd.client().await?;
+    let (_dir, gitcd, mut c) = Gitcd::fresh().await?;
     c.kv.put(put("/p/a", "1")).await?;
     let mut stream = WatchStream::open(gitcd.addr).await?;
     // A progress request with no watchers is answered at once.
@@ -389,9 +387,7 @@ async fn progress_notifications_and_requests() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn large_responses_fragment_when_asked() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
-    let mut c = gitcd.client().await?;
+    let (_dir, gitcd, mut c) = Gitcd::fresh().await?;
     let big = "x".repeat(700_000);
     for i in 0..4 {
         c.kv.put(put(&format!("/f/{i}"), &big)).await?;
