@@ -3,8 +3,9 @@
 //!
 //! gix reads objects (loose and packed) and runs ref transactions. Objects are
 //! written by our own small writer because gix never fsyncs: each object file
-//! is written to a temporary name, fsynced and renamed, and the directories it
-//! landed in are fsynced before any ref points at it. Refs are fsynced after
+//! is written to a temporary name; a group's files are fsynced together and
+//! renamed, and the directories they landed in are fsynced before any ref
+//! points at them. Refs are fsynced after
 //! their transaction. Tree and commit objects are encoded here too: the format
 //! is small and this keeps the hot path free of gix's validation costs.
 
