@@ -22,7 +22,7 @@ deps: ## Install what the tests need: etcdctl and etcd (Debian etcd-client, etcd
 
 lint: ## Check formatting and clippy lints
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: deps lint ## Install test dependencies, lint, and run every test
 	$(CARGO) test --workspace
