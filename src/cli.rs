@@ -39,6 +39,9 @@ pub struct StoreArgs {
     /// How often the data ref is checked for commits made outside gitcd, and leases for expiry.
     #[arg(long, env = "GITCD_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Most revisions one commit may group when writes arrive faster than commits are made; 1 makes every revision its own commit.
+    #[arg(long, env = "GITCD_MAX_COMMIT_REVISIONS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_commit_revisions: u32,
 }
 
 impl StoreArgs {
@@ -67,6 +70,7 @@ impl StoreArgs {
             start_revision: self.start_revision,
             history_window: self.history_window as usize,
             poll_interval: self.poll_interval,
+            max_commit_revisions: self.max_commit_revisions as usize,
         })
     }
 }

@@ -9,6 +9,7 @@
 //! data        the id of the data commit this revision describes
 //! compact     the compact revision (absent until the first Compact)
 //! leases      one line per lease: "<id> <ttl>" (absent when none)
+//! log         only in a commit grouping several revisions: each one's changes
 //! keys/ab/cdef…   one blob per key, named by the SHA-1 of the key bytes
 //! ```
 
@@ -23,6 +24,7 @@ pub const DATA_ENTRY: &str = "data";
 pub const COMPACT_ENTRY: &str = "compact";
 pub const LEASES_ENTRY: &str = "leases";
 pub const KEYS_DIR: &str = "keys";
+pub const LOG_ENTRY: &str = "log";
 
 /// The bookkeeping etcd keeps for a live key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -121,6 +123,124 @@ pub fn decode_leases(blob: &[u8]) -> Result<Vec<LeaseRecord>, ParseError> {
         .collect()
 }
 
+/// One key's change in a revision recorded in a grouped commit's `log`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogChange {
+    pub key: bytes::Bytes,
+    /// The key's metadata and value after the change; `None` for a delete.
+    pub new: Option<(KeyMeta, bytes::Bytes)>,
+}
+
+/// One revision recorded in a grouped commit's `log`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRevision {
+    pub revision: i64,
+    pub changes: Vec<LogChange>,
+}
+
+/// Encodes the `log` root entry of a commit that groups several revisions:
+/// each revision's changes in order, values inline.
+///
+/// ```text
+/// revision 12
+/// put <create> <mod> <version> <lease> <value size> <escaped key>
+/// <value bytes>
+/// delete <escaped key>
+/// ```
+pub fn encode_log(revisions: &[LogRevision]) -> Vec<u8> {
+    let size: usize = revisions
+        .iter()
+        .flat_map(|r| &r.changes)
+        .map(|c| c.key.len() + c.new.as_ref().map_or(0, |(_, v)| v.len()) + 64)
+        .sum();
+    let mut out = Vec::with_capacity(size + 16 * revisions.len());
+    for r in revisions {
+        out.extend_from_slice(format!("revision {}\n", r.revision).as_bytes());
+        for c in &r.changes {
+            let key = crate::keys::escape(&c.key);
+            match &c.new {
+                Some((m, value)) => {
+                    let line = format!(
+                        "put {} {} {} {} {} {key}\n",
+                        m.create_revision,
+                        m.mod_revision,
+                        m.version,
+                        m.lease,
+                        value.len()
+                    );
+                    out.extend_from_slice(line.as_bytes());
+                    out.extend_from_slice(value);
+                    out.push(b'\n');
+                }
+                None => out.extend_from_slice(format!("delete {key}\n").as_bytes()),
+            }
+        }
+    }
+    out
+}
+
+/// Decodes the `log` root entry (see [`encode_log`]); values are slices of
+/// `blob`.
+pub fn decode_log(blob: &bytes::Bytes) -> Result<Vec<LogRevision>, ParseError> {
+    let mut out: Vec<LogRevision> = Vec::new();
+    let mut at = 0;
+    while at < blob.len() {
+        let end = blob[at..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map(|p| at + p)
+            .ok_or_else(|| ParseError::new("log ends inside a line"))?;
+        let line = &blob[at..end];
+        at = end + 1;
+        let (word, rest) = split_field(line)?;
+        match word {
+            b"revision" => out.push(LogRevision {
+                revision: parse_int(word, rest)?,
+                changes: Vec::new(),
+            }),
+            b"put" | b"delete" => {
+                let current = out
+                    .last_mut()
+                    .ok_or_else(|| ParseError::new("log change before any `revision` line"))?;
+                if word == b"delete" {
+                    current.changes.push(LogChange {
+                        key: crate::keys::unescape(rest).into(),
+                        new: None,
+                    });
+                    continue;
+                }
+                let mut fields = rest.splitn(6, |b| *b == b' ');
+                let mut int = |name: &str| -> Result<i64, ParseError> {
+                    parse_int(name.as_bytes(), fields.next().unwrap_or_default())
+                };
+                let meta = KeyMeta {
+                    create_revision: int("create")?,
+                    mod_revision: int("mod")?,
+                    version: int("version")?,
+                    lease: int("lease")?,
+                };
+                let size = usize::try_from(int("size")?).map_err(|_| ParseError::new("negative value size"))?;
+                let key = crate::keys::unescape(fields.next().unwrap_or_default());
+                if blob.len() < at + size + 1 || blob[at + size] != b'\n' {
+                    return Err(ParseError::new("log value runs past its size"));
+                }
+                current.changes.push(LogChange {
+                    key: key.into(),
+                    new: Some((meta, blob.slice(at..at + size))),
+                });
+                at += size + 1;
+            }
+            _ => {
+                return Err(ParseError::new(format!(
+                    "unknown log line {:?}",
+                    String::from_utf8_lossy(line)
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Parses a decimal integer root entry such as `revision` or `compact`.
 pub fn decode_int(name: &str, blob: &[u8]) -> Result<i64, ParseError> {
     parse_int(name.as_bytes(), blob.trim_ascii())
@@ -202,6 +322,43 @@ mod tests {
     fn leases_round_trip() -> Result<(), ParseError> {
         let leases = [LeaseRecord { id: 1, ttl: 60 }, LeaseRecord { id: 99, ttl: 15 }];
         assert_eq!(decode_leases(&encode_leases(&leases))?, leases);
+        Ok(())
+    }
+
+    #[test]
+    fn log_round_trip() -> Result<(), ParseError> {
+        let meta = KeyMeta {
+            create_revision: 3,
+            mod_revision: 4,
+            version: 2,
+            lease: 9,
+        };
+        let log = [
+            LogRevision {
+                revision: 4,
+                changes: vec![
+                    LogChange {
+                        key: bytes::Bytes::from_static(b"/a b\n%"),
+                        new: Some((meta, bytes::Bytes::from_static(b"line\nrevision 5\n\0"))),
+                    },
+                    LogChange {
+                        key: bytes::Bytes::from_static(b"/gone"),
+                        new: None,
+                    },
+                ],
+            },
+            LogRevision {
+                revision: 5,
+                changes: vec![LogChange {
+                    key: bytes::Bytes::from_static(b"rel"),
+                    new: Some((meta, bytes::Bytes::new())),
+                }],
+            },
+        ];
+        let blob = bytes::Bytes::from(encode_log(&log));
+        assert_eq!(decode_log(&blob)?, log);
+        assert!(decode_log(&blob.slice(..blob.len() - 3)).is_err());
+        assert!(decode_log(&bytes::Bytes::from_static(b"put 1 1 1 0 0 /a\n\n")).is_err());
         Ok(())
     }
 

@@ -71,6 +71,9 @@ pub struct StoreConfig {
     pub history_window: usize,
     /// How often the data ref is checked for commits made by others.
     pub poll_interval: std::time::Duration,
+    /// Most revisions one commit may group when writes queue up (1: every
+    /// revision is its own commit).
+    pub max_commit_revisions: usize,
 }
 
 impl StoreConfig {
@@ -87,6 +90,7 @@ impl StoreConfig {
             start_revision: 1,
             history_window: 10_000,
             poll_interval: std::time::Duration::from_millis(500),
+            max_commit_revisions: 128,
         }
     }
 }
@@ -132,8 +136,29 @@ pub struct Snapshot {
 /// Where each revision lives in Git.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RevisionCommits {
+    /// The newest metadata commit at this revision, and its data commit.
+    /// Inside a group (before its last revision) these are the group's
+    /// commits, whose trees hold a later state: see `exact`.
     pub metadata: ObjectId,
     pub data: ObjectId,
+    /// Whether the trees of `metadata` and `data` are this revision's state.
+    pub exact: bool,
+    /// When the revision was written in a commit grouping several: that
+    /// metadata commit (its `log` has each revision's changes) and the
+    /// group's first revision.
+    pub group: Option<(ObjectId, i64)>,
+}
+
+impl RevisionCommits {
+    /// A commit pair whose trees are exactly one revision's state.
+    pub fn exact(metadata: ObjectId, data: ObjectId) -> Self {
+        Self {
+            metadata,
+            data,
+            exact: true,
+            group: None,
+        }
+    }
 }
 
 /// revision -> commits, for every revision of the store. Appended by the
@@ -150,16 +175,61 @@ impl RevisionIndex {
         self.commits.get(i).copied()
     }
 
-    fn set(&mut self, revision: i64, commits: RevisionCommits) {
+    /// Records where `revision` lives. A newer commit at a revision already
+    /// known (a metadata-only change) takes its place but keeps the group
+    /// that wrote the revision.
+    fn set(&mut self, revision: i64, mut commits: RevisionCommits) {
         if self.commits.is_empty() {
             self.first = revision;
         }
         let i = usize::try_from(revision - self.first).expect("revisions only grow");
         if i < self.commits.len() {
+            commits.group = commits.group.or(self.commits[i].group);
             self.commits[i] = commits;
         } else {
             self.commits.push(commits);
         }
+    }
+}
+
+/// Where each revision lives, and the logs of the grouped commits read
+/// lately (a page of a list pinned at one revision reads the same log again).
+#[derive(Debug, Default)]
+pub(crate) struct Revisions {
+    pub(crate) index: RwLock<RevisionIndex>,
+    logs: std::sync::Mutex<std::collections::VecDeque<(ObjectId, Arc<Vec<crate::meta::LogRevision>>)>>,
+}
+
+/// How many grouped commits' logs [`Revisions`] keeps parsed.
+const LOG_CACHE: usize = 8;
+
+impl Revisions {
+    fn get(&self, revision: i64) -> Option<RevisionCommits> {
+        self.index
+            .read()
+            .expect("revision index lock is never poisoned")
+            .get(revision)
+    }
+
+    /// The revisions recorded in grouped metadata commit `commit`.
+    fn log(
+        &self,
+        repo: &crate::repo::LocalRepo,
+        commit: ObjectId,
+    ) -> Result<Arc<Vec<crate::meta::LogRevision>>, StoreError> {
+        let cached = |logs: &std::collections::VecDeque<(ObjectId, Arc<_>)>| {
+            logs.iter().find(|(id, _)| *id == commit).map(|(_, l)| Arc::clone(l))
+        };
+        if let Some(l) = cached(&self.logs.lock().expect("log cache lock is never poisoned")) {
+            return Ok(l);
+        }
+        let log = Arc::new(history::group_log(repo, commit)?);
+        let mut logs = self.logs.lock().expect("log cache lock is never poisoned");
+        if logs.len() >= LOG_CACHE {
+            logs.pop_front();
+        }
+        logs.push_back((commit, log.clone()));
+        Ok(log)
     }
 }
 
@@ -196,7 +266,7 @@ pub(crate) struct Job {
 
 struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
-    revisions: Arc<RwLock<RevisionIndex>>,
+    revisions: Arc<Revisions>,
     /// The events of recent revisions, for watchers and `prev_kv`.
     window: RwLock<events::Window>,
     /// The latest published revision; watchers wait on it.
@@ -346,9 +416,8 @@ impl Store {
         let shared = self.shared.clone();
         let mut out = tokio::task::spawn_blocking(move || {
             let repo = shared.repo.local();
-            let index = shared.revisions.read().expect("revision index lock is never poisoned");
             (from..=git_to)
-                .map(|rev| events::from_git(&repo, &index, rev).map(Arc::new))
+                .map(|rev| events::from_git(&repo, &shared.revisions, rev).map(Arc::new))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await

@@ -217,16 +217,17 @@ EOF
 }
 
 # check_git REPO KEYPATH: the object is readable YAML in the data ref, and
-# the data ref has one commit per revision.
+# the data ref's commits hold every revision once: each commit's message is
+# its revision, or the first and last of the revisions it groups.
 check_git() {
 	local repo=$1 path=$2 port=$3
 	git -C "$repo" show "refs/heads/main:$path" | grep -q '^kind: ' || fail "$path is not YAML in $repo"
-	local commits rev messages
-	commits=$(git -C "$repo" rev-list --count refs/heads/main)
+	local covered rev messages
+	covered=$(git -C "$repo" log --format=%s refs/heads/main | awk -F- '{ n += (NF == 2 ? $2 - $1 + 1 : 1) } END { print n }')
 	rev=$(etcdctl --endpoints="127.0.0.1:$port" endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])')
-	[[ $commits == "$rev" ]] || fail "$repo: $commits commits for revision $rev"
+	[[ $covered == "$rev" ]] || fail "$repo: its commits hold $covered revisions, the store is at revision $rev"
 	messages=$(git -C "$repo" log --format=%s -3 refs/heads/main | tr '\n' ' ')
-	[[ $messages =~ ^([0-9]+\ )+$ ]] || fail "commit messages are not revisions: $messages"
+	[[ $messages =~ ^([0-9]+(-[0-9]+)?\ )+$ ]] || fail "commit messages are not revisions: $messages"
 	return 0
 }
 

@@ -5,6 +5,7 @@ mod crash;
 mod differential;
 mod etcdctl;
 mod existing;
+mod group;
 mod keys;
 mod kubernetes;
 mod lease;

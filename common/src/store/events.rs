@@ -1,7 +1,8 @@
 //! The events of each revision: kept in memory for a window of recent
 //! revisions (the writer records them exactly, in the order the request made
-//! them), and rebuilt from Git for older ones (by diffing the metadata trees
-//! of two revisions; within a revision they then come in key order).
+//! them), and rebuilt from Git for older ones (from a grouped commit's log,
+//! in their order, or by diffing the metadata trees of two revisions; within
+//! a revision they then come in key order).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::apply::Change;
-use super::{Kv, RevisionIndex, StoreError, history};
+use super::{Kv, Revisions, StoreError, history};
 use crate::meta;
 use crate::repo::{Kind, LocalRepo, tree};
 
@@ -73,8 +74,11 @@ impl Window {
 
 /// Rebuilds the events of revision `rev` from Git: the keys whose metadata
 /// blobs differ between revision `rev - 1` and `rev`.
-pub fn from_git(repo: &LocalRepo, index: &RevisionIndex, rev: i64) -> Result<RevisionEvents, StoreError> {
+pub fn from_git(repo: &LocalRepo, index: &Revisions, rev: i64) -> Result<RevisionEvents, StoreError> {
     let now = index.get(rev).ok_or(StoreError::Compacted)?;
+    if let Some((group, first)) = now.group {
+        return from_log(repo, index, (group, &index.log(repo, group)?), first, rev);
+    }
     let before = index.get(rev - 1);
     let keys_tree = |commit: gix::ObjectId| -> Result<Option<gix::ObjectId>, StoreError> {
         let tree = repo.commit(commit)?.tree;
@@ -137,6 +141,47 @@ pub fn from_git(repo: &LocalRepo, index: &RevisionIndex, rev: i64) -> Result<Rev
         changes.push(Change { key, prev, new });
     }
     changes.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(RevisionEvents { revision: rev, changes })
+}
+
+/// The events of revision `rev`, written in grouped commit `group` whose first
+/// revision is `first`: its log has them in order; previous values come from
+/// the log's earlier revisions or the state before the group.
+fn from_log(
+    repo: &LocalRepo,
+    index: &Revisions,
+    (group, log): (gix::ObjectId, &[meta::LogRevision]),
+    first: i64,
+    rev: i64,
+) -> Result<RevisionEvents, StoreError> {
+    let earlier: Vec<&meta::LogRevision> = log.iter().take_while(|r| r.revision < rev).collect();
+    let this = log
+        .iter()
+        .find(|r| r.revision == rev)
+        .ok_or_else(|| StoreError::Corrupt(format!("grouped commit {group} has no log of revision {rev}")))?;
+    let base = index
+        .get(first - 1)
+        .ok_or_else(|| StoreError::Corrupt(format!("no revision {} before grouped commit {group}", first - 1)))?;
+    let mut changes = Vec::with_capacity(this.changes.len());
+    for c in &this.changes {
+        let logged = earlier
+            .iter()
+            .rev()
+            .find_map(|r| r.changes.iter().rev().find(|e| e.key == c.key));
+        let prev = match logged {
+            Some(e) => e.new.clone().map(|(meta, value)| Kv { meta, value }),
+            None => history::read_range(repo, base, &super::KeyRange::Single(c.key.clone()))?
+                .into_iter()
+                .next()
+                .map(|(_, kv)| kv),
+        };
+        let new = c.new.clone().map(|(meta, value)| Kv { meta, value });
+        changes.push(Change {
+            key: c.key.clone(),
+            prev,
+            new,
+        });
+    }
     Ok(RevisionEvents { revision: rev, changes })
 }
 

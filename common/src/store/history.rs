@@ -1,6 +1,7 @@
 //! Reads of past revisions from Git: the data tree of the revision's data
 //! commit gives keys and values, the metadata tree gives their bookkeeping.
-//! Exact at every revision, because every revision is a commit.
+//! Exact at every revision: a revision is a commit, or lies inside a commit
+//! grouping several whose `log` records each one's changes.
 
 use bytes::Bytes;
 
@@ -9,19 +10,56 @@ use crate::keys;
 use crate::meta;
 use crate::repo::{Kind, LocalRepo, tree};
 
-/// Every live key of `range` at revision `rev`, found through `index`.
+/// Every live key of `range` at revision `rev`, found through `revisions`.
 pub fn read_at(
     repo: &LocalRepo,
-    index: &std::sync::RwLock<super::RevisionIndex>,
+    revisions: &super::Revisions,
     rev: i64,
     range: &KeyRange,
 ) -> Result<Vec<(Bytes, Kv)>, StoreError> {
-    let commits = index
-        .read()
-        .expect("revision index lock is never poisoned")
-        .get(rev)
-        .ok_or(StoreError::Compacted)?;
-    read_range(repo, commits, range)
+    let (commits, base) = {
+        let index = revisions.index.read().expect("revision index lock is never poisoned");
+        let commits = index.get(rev).ok_or(StoreError::Compacted)?;
+        let base = match commits.group {
+            Some((_, first)) if !commits.exact => Some(index.get(first - 1).ok_or_else(|| {
+                StoreError::Corrupt(format!("no revision {} before the group of revision {rev}", first - 1))
+            })?),
+            _ => None,
+        };
+        (commits, base)
+    };
+    let (Some(base), Some((group, _))) = (base, commits.group) else {
+        return read_range(repo, commits, range);
+    };
+    // Inside a group: the state before the group, then the group's log up
+    // to `rev`.
+    let mut kvs: std::collections::BTreeMap<Bytes, Kv> = read_range(repo, base, range)?.into_iter().collect();
+    for r in revisions.log(repo, group)?.iter().take_while(|r| r.revision <= rev) {
+        for c in r.changes.iter().filter(|c| range.contains(&c.key)) {
+            match &c.new {
+                Some((meta, value)) => kvs.insert(
+                    c.key.clone(),
+                    Kv {
+                        meta: *meta,
+                        value: value.clone(),
+                    },
+                ),
+                None => kvs.remove(&c.key),
+            };
+        }
+    }
+    Ok(kvs.into_iter().collect())
+}
+
+/// The revisions recorded in the `log` of grouped metadata commit `commit`.
+pub fn group_log(repo: &LocalRepo, commit: gix::ObjectId) -> Result<Vec<meta::LogRevision>, StoreError> {
+    let tree = repo.commit(commit)?.tree;
+    let corrupt = |m: String| StoreError::Corrupt(format!("grouped metadata commit {commit}: {m}"));
+    let entry = repo
+        .lookup(tree, &[meta::LOG_ENTRY.as_bytes()])?
+        .ok_or_else(|| corrupt("no `log` entry".into()))?;
+    let blob = Bytes::from(repo.read(entry.id, Kind::Blob)?);
+    meta::decode_log(&blob).map_err(|e| corrupt(e.to_string()))
 }
 
 /// Every live key of `range` at the revision of `commits`, in key order.
@@ -139,7 +177,8 @@ mod tests {
 
     #[test]
     fn common_directories() {
-        let cases: &[(&[u8], Option<&[u8]>, &[&str])] = &[
+        type Case<'a> = (&'a [u8], Option<&'a [u8]>, &'a [&'a str]);
+        let cases: &[Case] = &[
             (b"/registry/pods/", Some(b"/registry/pods0"), &["registry", "pods"]),
             (
                 b"/registry/pods/ns/a",

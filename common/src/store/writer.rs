@@ -5,15 +5,15 @@
 //! data ref into revisions, and builds metadata for existing history.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use gix::ObjectId;
 
 use super::apply::{Apply, Change};
 use super::{
-    Job, KeyRange, Kv, Lease, RevisionCommits, RevisionEvents, RevisionIndex, Shared, Snapshot, StoreConfig,
+    Job, KeyRange, Kv, Lease, RevisionCommits, RevisionEvents, RevisionIndex, Revisions, Shared, Snapshot, StoreConfig,
     StoreError, WriteOp, WriteResult, history,
 };
 use crate::keys;
@@ -47,11 +47,15 @@ pub struct Writer {
     data_head: Option<ObjectId>,
     meta_head: Option<ObjectId>,
     working: Snapshot,
-    index: Arc<RwLock<RevisionIndex>>,
+    index: Arc<Revisions>,
     known_data: HashSet<ObjectId>,
     durable: Option<Durable>,
     /// Events of the revisions written since the last publication.
     pending_events: Vec<Arc<RevisionEvents>>,
+    /// Revisions applied but not yet written: the next commit's.
+    group: Vec<Arc<RevisionEvents>>,
+    /// What the next commit changes besides keys (lease grants, compaction).
+    group_notes: Vec<String>,
 }
 
 impl Writer {
@@ -79,10 +83,12 @@ impl Writer {
                 kvs: imbl::OrdMap::new(),
                 leases: imbl::OrdMap::new(),
             },
-            index: Arc::new(RwLock::new(RevisionIndex::default())),
+            index: Arc::new(Revisions::default()),
             known_data: HashSet::new(),
             durable: None,
             pending_events: Vec::new(),
+            group: Vec::new(),
+            group_notes: Vec::new(),
         };
         match meta_ref {
             None => w.initialize(data_ref)?,
@@ -109,7 +115,7 @@ impl Writer {
         i64::try_from(self.objects.bytes_written()).unwrap_or(i64::MAX)
     }
 
-    pub fn index(&self) -> Arc<RwLock<RevisionIndex>> {
+    pub fn index(&self) -> Arc<Revisions> {
         self.index.clone()
     }
 
@@ -129,7 +135,11 @@ impl Writer {
             None => {
                 let rev = self.working.revision + 1;
                 self.working.revision = rev;
-                self.write_revision(rev, &[], None)?;
+                let first = RevisionEvents {
+                    revision: rev,
+                    changes: Vec::new(),
+                };
+                self.write_commits(&[Arc::new(first)], None, &[])?;
             }
             Some(head) => {
                 let (chain, _) = self.repo.first_parent_chain(head, |_| false)?;
@@ -223,12 +233,11 @@ impl Writer {
 
         // The revision index: the metadata commits' first-parent chain.
         let mut index = RevisionIndex::default();
-        let mut entries = Vec::new();
+        let mut entries: BTreeMap<i64, RevisionCommits> = BTreeMap::new();
         let mut current = Some(head);
-        let mut seen = HashSet::new();
         while let Some(id) = current {
             let c = self.repo.commit(id)?;
-            let rev = parse_revision(&c.message).ok_or_else(|| {
+            let (first, last) = parse_revisions(&c.message).ok_or_else(|| {
                 corrupt(format!(
                     "metadata commit {id} has message {:?}, not a revision",
                     String::from_utf8_lossy(&c.message)
@@ -241,17 +250,27 @@ impl Writer {
                     return Err(corrupt(format!("metadata commit {id} has {} parents", c.parents.len())));
                 }
             };
-            if seen.insert(rev) {
-                entries.push((rev, RevisionCommits { metadata: id, data }));
+            let group = (first < last).then_some((id, first));
+            for rev in first..=last {
+                // Walking newest first: a newer commit at the same revision
+                // (a metadata-only change) wins, the group keeps its log.
+                entries
+                    .entry(rev)
+                    .and_modify(|e| e.group = e.group.or(group))
+                    .or_insert(RevisionCommits {
+                        metadata: id,
+                        data,
+                        exact: rev == last,
+                        group,
+                    });
             }
             self.known_data.insert(data);
             current = prev;
         }
-        entries.reverse();
         for (rev, commits) in entries {
             index.set(rev, commits);
         }
-        *self.index.write().expect("revision index lock is never poisoned") = index;
+        *self.index.index.write().expect("revision index lock is never poisoned") = index;
         self.data_tree = TreeNode::load(&self.repo, data_commit.tree)?;
         self.meta_tree = TreeNode::load(&self.repo, commit.tree)?;
         self.data_head = Some(data);
@@ -388,56 +407,110 @@ impl Writer {
             }
             self.working.revision = rev;
             self.data_tree = TreeNode::load(&self.repo, commit.tree)?;
-            self.write_revision(rev, &changes, Some(id))?;
+            self.write_commits(&[Arc::new(RevisionEvents { revision: rev, changes })], Some(id), &[])?;
             revisions.push(rev);
         }
         Ok(revisions)
     }
 
-    /// Writes the commits of revision `rev`: a data commit (unless `external`
-    /// names the data commit that already holds the change) and a metadata
-    /// commit. Objects are written but not yet durable.
-    fn write_revision(&mut self, rev: i64, changes: &[Change], external: Option<ObjectId>) -> Result<(), StoreError> {
-        for c in changes {
-            let [shard, rest] = meta::key_path(&c.key);
+    /// Writes the commits of revisions `revisions` (consecutive, one or
+    /// several): a data commit (unless `external` names the data commit that
+    /// already holds the change) and a metadata commit, which records each
+    /// revision's changes in its `log` when there are several. `notes` say
+    /// what else changed (leases, compaction). Objects are written but not
+    /// yet durable.
+    fn write_commits(
+        &mut self,
+        revisions: &[Arc<RevisionEvents>],
+        external: Option<ObjectId>,
+        notes: &[String],
+    ) -> Result<(), StoreError> {
+        let (Some(first), Some(last)) = (revisions.first(), revisions.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.revision, last.revision);
+        // Each key's state after the last revision.
+        let mut finals: BTreeMap<&Bytes, Option<&Kv>> = BTreeMap::new();
+        for c in revisions.iter().flat_map(|r| &r.changes) {
+            finals.insert(&c.key, c.new.as_ref());
+        }
+        for (key, new) in finals {
+            let [shard, rest] = meta::key_path(key);
             let meta_path = [meta::KEYS_DIR.to_owned(), shard, rest];
-            match &c.new {
+            match new {
                 Some(kv) => {
                     if external.is_none() {
                         let blob = self.objects.write(Kind::Blob, &kv.value)?;
-                        self.data_tree.put(&self.repo, &keys::encode(&c.key), blob)?;
+                        self.data_tree.put(&self.repo, &keys::encode(key), blob)?;
                     }
-                    let blob = self.objects.write(Kind::Blob, &meta::encode_key(&c.key, &kv.meta))?;
+                    let blob = self.objects.write(Kind::Blob, &meta::encode_key(key, &kv.meta))?;
                     self.meta_tree.put(&self.repo, &meta_path, blob)?;
                 }
                 None => {
                     if external.is_none() {
-                        self.data_tree.remove(&self.repo, &keys::encode(&c.key))?;
+                        self.data_tree.remove(&self.repo, &keys::encode(key))?;
                     }
                     self.meta_tree.remove(&self.repo, &meta_path)?;
                 }
             }
+        }
+        let mut message = if first == last {
+            last.to_string()
+        } else {
+            format!("{first}-{last}")
+        };
+        if !notes.is_empty() {
+            message = format!("{message}\n\n{}", notes.join("\n"));
         }
         let data = match external {
             Some(id) => id,
             None => {
                 let tree = self.data_tree.write(&mut self.objects)?;
                 let parents: Vec<ObjectId> = self.data_head.into_iter().collect();
-                let body = repo::encode_commit(tree, &parents, &self.config.committer, &rev.to_string());
+                let body = repo::encode_commit(tree, &parents, &self.config.committer, &message);
                 self.objects.write(Kind::Commit, &body)?
             }
         };
         self.data_head = Some(data);
         self.known_data.insert(data);
-        self.pending_events.push(Arc::new(RevisionEvents {
-            revision: rev,
-            changes: changes.to_vec(),
-        }));
-        self.write_meta_commit(rev, &rev.to_string())
+        self.pending_events.extend(revisions.iter().cloned());
+        let log = (first != last).then(|| {
+            let log: Vec<meta::LogRevision> = revisions
+                .iter()
+                .map(|r| meta::LogRevision {
+                    revision: r.revision,
+                    changes: r
+                        .changes
+                        .iter()
+                        .map(|c| meta::LogChange {
+                            key: c.key.clone(),
+                            new: c.new.as_ref().map(|kv| (kv.meta, kv.value.clone())),
+                        })
+                        .collect(),
+                })
+                .collect();
+            meta::encode_log(&log)
+        });
+        self.write_meta_commit(first, last, &message, log)
     }
 
-    /// Writes a metadata commit for the current state at revision `rev`.
-    fn write_meta_commit(&mut self, rev: i64, message: &str) -> Result<(), StoreError> {
+    /// Writes the revisions applied since the last commit as one commit.
+    fn flush_group(&mut self) -> Result<(), StoreError> {
+        let group = std::mem::take(&mut self.group);
+        let notes = std::mem::take(&mut self.group_notes);
+        self.write_commits(&group, None, &notes)
+    }
+
+    /// Writes a metadata commit for the current state, which revisions
+    /// `first..=last` brought (with their `log` when several).
+    fn write_meta_commit(
+        &mut self,
+        first: i64,
+        last: i64,
+        message: &str,
+        log: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let rev = last;
         let data = self.data_head.expect("metadata describes a data commit");
         let mut put = |name: &str, content: Option<Vec<u8>>| -> Result<(), RepoError> {
             match content {
@@ -467,6 +540,7 @@ impl Writer {
             meta::LEASES_ENTRY,
             (!leases.is_empty()).then(|| meta::encode_leases(&leases)),
         )?;
+        put(meta::LOG_ENTRY, log)?;
         let tree = self.meta_tree.write(&mut self.objects)?;
         // The data commit is the second parent (it stays reachable from the
         // metadata ref); the first metadata commit has no parent at all, so
@@ -478,10 +552,22 @@ impl Writer {
         let body = repo::encode_commit(tree, &parents, &self.config.committer, message);
         let id = self.objects.write(Kind::Commit, &body)?;
         self.meta_head = Some(id);
-        self.index
-            .write()
-            .expect("revision index lock is never poisoned")
-            .set(rev, RevisionCommits { metadata: id, data });
+        let mut index = self.index.index.write().expect("revision index lock is never poisoned");
+        if first == last {
+            index.set(rev, RevisionCommits::exact(id, data));
+        } else {
+            for r in first..=last {
+                index.set(
+                    r,
+                    RevisionCommits {
+                        metadata: id,
+                        data,
+                        exact: r == last,
+                        group: Some((id, first)),
+                    },
+                );
+            }
+        }
         Ok(())
     }
 
@@ -615,6 +701,8 @@ impl Writer {
     /// Forgets everything not durable: reloads from the refs.
     fn rollback(&mut self) -> Result<(), StoreError> {
         self.pending_events.clear();
+        self.group.clear();
+        self.group_notes.clear();
         self.objects.discard();
         let repo_meta = self.repo.ref_target(&self.config.metadata_ref)?;
         let durable = self.durable.clone().expect("an open store is durable");
@@ -648,13 +736,15 @@ impl Writer {
         }
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
-            // A txn that reads a past revision may read one written in this
-            // group: its objects must be visible first.
+            // A txn that reads a past revision may read one applied in this
+            // batch: it must be in a commit, and its objects visible.
             if let WriteOp::Txn(t) = op
                 && reads_history(t)
-                && self.objects.has_pending()
             {
-                self.objects.sync()?;
+                self.flush_group()?;
+                if self.objects.has_pending() {
+                    self.objects.sync()?;
+                }
             }
             let before = self.working.clone();
             let begin = before.revision;
@@ -666,16 +756,25 @@ impl Writer {
                 Ok((result, changes, meta_changed)) => {
                     if !changes.is_empty() {
                         self.working.revision = begin + 1;
-                        self.write_revision(begin + 1, &changes, None)?;
+                        self.group.push(Arc::new(RevisionEvents {
+                            revision: begin + 1,
+                            changes,
+                        }));
+                        if self.group.len() >= self.config.max_commit_revisions {
+                            self.flush_group()?;
+                        }
+                        wrote = true;
+                    } else if meta_changed && self.group.is_empty() {
+                        self.write_meta_commit(begin, begin, &format!("{begin}\n\n{}", op_summary(op)), None)?;
                         wrote = true;
                     } else if meta_changed {
-                        self.write_meta_commit(begin, &format!("{begin}\n\n{}", op_summary(op)))?;
-                        wrote = true;
+                        self.group_notes.push(op_summary(op));
                     }
                     results.push(Ok(result));
                 }
             }
         }
+        self.flush_group()?;
         if wrote {
             let data_before = data_ref.or(Some(durable.data_head));
             self.persist(data_before, durable.meta_head)?;
@@ -775,8 +874,15 @@ fn op_summary(op: &WriteOp) -> String {
     }
 }
 
-/// The revision a metadata commit message names: its first line, in decimal.
-pub fn parse_revision(message: &[u8]) -> Option<i64> {
-    let first = message.split(|b| *b == b'\n').next()?;
-    std::str::from_utf8(first).ok()?.trim().parse().ok()
+/// The revisions a metadata commit message names on its first line: one
+/// revision in decimal, or the first and last of a group, `first-last`.
+pub fn parse_revisions(message: &[u8]) -> Option<(i64, i64)> {
+    let line = std::str::from_utf8(message.split(|b| *b == b'\n').next()?).ok()?.trim();
+    match line.split_once('-') {
+        None => line.parse().ok().map(|r| (r, r)),
+        Some((first, last)) => {
+            let (first, last) = (first.parse().ok()?, last.parse().ok()?);
+            (first <= last).then_some((first, last))
+        }
+    }
 }
