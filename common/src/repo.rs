@@ -2,18 +2,17 @@
 //! objects and moving refs with compare-and-swap.
 //!
 //! gix reads objects (loose and packed) and runs ref transactions. Objects are
-//! written by our own small writer because gix never fsyncs: each object file
-//! is written to a temporary name; a group's files are fsynced together and
-//! renamed, and the directories they landed in are fsynced before any ref
-//! points at them. Refs are fsynced after
-//! their transaction. Tree and commit objects are encoded here too: the format
+//! written by our own small writer because gix never fsyncs: a group's objects
+//! become one pack (and index), fsynced and renamed into place, before any ref
+//! points at them. Refs are fsynced after their transaction. Tree and commit objects are encoded here too: the format
 //! is small and this keeps the hot path free of gix's validation costs.
 
+mod pack;
 pub mod tree;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use gix::ObjectId;
@@ -112,7 +111,13 @@ impl Repo {
 
     /// Opens an existing repository (bare or not).
     pub fn open(path: &Path) -> Result<Self, RepoError> {
-        let opts = gix::open::Options::isolated();
+        // Index slots are fixed at open: leave room for the packs written
+        // while serving, between background repacks.
+        let opts =
+            gix::open::Options::isolated().object_store_slots(gix::odb::store::init::Slots::AsNeededByDiskState {
+                multiplier: 2.0,
+                minimum: 1024,
+            });
         let git = gix::ThreadSafeRepository::open_opts(path, opts).map_err(|e| RepoError::Open {
             path: path.to_owned(),
             message: format!(
@@ -296,23 +301,23 @@ impl LocalRepo {
                 name: edits.iter().map(|e| e.0).collect::<Vec<_>>().join(", "),
                 message: e.to_string(),
             })?;
+        // The ref files, and the directories whose entries changed: the
+        // parent of an updated ref; every ancestor of a created one (its
+        // directories may be new).
         let mut dirs = BTreeSet::new();
-        for (name, _, _) in edits {
+        for (name, old, _) in edits {
             let path = self.git_dir.join(name);
-            sync_file(&path)?;
+            dirs.insert(path.clone());
             let mut dir = path.parent();
             while let Some(d) = dir {
                 dirs.insert(d.to_owned());
-                if d == self.git_dir {
+                if d == self.git_dir || old.is_some() {
                     break;
                 }
                 dir = d.parent();
             }
         }
-        for d in dirs {
-            sync_dir(&d)?;
-        }
-        Ok(())
+        sync_all(&dirs.into_iter().collect::<Vec<_>>())
     }
 
     /// Walks first parents from `from` until `stop` says yes: returns the
@@ -338,35 +343,38 @@ impl LocalRepo {
     }
 }
 
-/// Writes loose objects durably. Each object goes to a temporary file at
-/// once; [`ObjectWriter::sync`] then fsyncs all of them in parallel (the
-/// file system folds concurrent fsyncs into few journal commits), renames
-/// them into place and fsyncs the directories. An object is readable by
-/// Git only after `sync`, and nothing may point at it before.
+/// Writes objects durably, a group at a time: objects are collected into one
+/// pack in memory; [`ObjectWriter::sync`] writes it with its index (fsynced,
+/// renamed into place, the directory fsynced). An object is readable only
+/// after `sync`, and nothing may point at it before. Every
+/// [`REPACK_AFTER`] packs, `git repack --geometric=2` runs in the background
+/// to fold the small packs together.
 pub struct ObjectWriter {
-    objects_dir: PathBuf,
-    /// Written to a temporary file, not yet synced and renamed.
-    pending: Vec<(PathBuf, PathBuf)>,
-    pending_ids: std::collections::HashSet<ObjectId>,
+    git_dir: PathBuf,
+    pack_dir: PathBuf,
+    pending: pack::PackBuilder,
     bytes_written: u64,
-    scratch: Vec<u8>,
+    /// Packs written since the last repack started.
+    packs_since_repack: usize,
+    repack: Option<std::process::Child>,
 }
 
-/// Threads that fsync a group's objects.
-const SYNC_THREADS: usize = 16;
+/// How many packs accumulate before a background repack folds them.
+pub const REPACK_AFTER: usize = 32;
 
 impl ObjectWriter {
     pub fn new(git_dir: &Path) -> Self {
         Self {
-            objects_dir: git_dir.join("objects"),
-            pending: Vec::new(),
-            pending_ids: std::collections::HashSet::new(),
+            git_dir: git_dir.to_owned(),
+            pack_dir: git_dir.join("objects").join("pack"),
+            pending: pack::PackBuilder::default(),
             bytes_written: 0,
-            scratch: Vec::new(),
+            packs_since_repack: 0,
+            repack: None,
         }
     }
 
-    /// Total bytes of object files written by this writer.
+    /// Total bytes of pack data written by this writer.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written
     }
@@ -376,75 +384,92 @@ impl ObjectWriter {
         !self.pending.is_empty()
     }
 
-    /// Writes one object and returns its id. Cheap when it already exists
-    /// as a loose object.
+    /// Adds one object to the pending pack and returns its id.
     pub fn write(&mut self, kind: Kind, data: &[u8]) -> Result<ObjectId, RepoError> {
         let header = format!("{} {}\0", kind.name(), data.len());
         let mut hasher = <sha1::Sha1 as sha1::Digest>::new();
         sha1::Digest::update(&mut hasher, header.as_bytes());
         sha1::Digest::update(&mut hasher, data);
         let id = ObjectId::from_bytes_or_panic(&sha1::Digest::finalize(hasher));
-        self.scratch.reserve(data.len() + header.len() + 64);
-        if self.pending_ids.contains(&id) {
-            return Ok(id);
-        }
-        let hex = id.to_string();
-        let dir = self.objects_dir.join(&hex[..2]);
-        let path = dir.join(&hex[2..]);
-        if path.exists() {
-            return Ok(id);
-        }
-        if !dir.exists() {
-            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            // The new directory's entry in objects/ must be durable too.
-            sync_dir(&self.objects_dir)?;
-        }
-        self.scratch.clear();
-        {
-            let mut enc = flate2::write::ZlibEncoder::new(&mut self.scratch, flate2::Compression::fast());
-            enc.write_all(header.as_bytes())
-                .and_then(|()| enc.write_all(data))
-                .and_then(|()| enc.finish().map(|_| ()))
-                .map_err(io_err(&path))?;
-        }
-        let tmp = dir.join(format!("tmp_obj_{}", rand::random::<u64>()));
-        if let Err(e) = fs::write(&tmp, &self.scratch) {
-            let _ = fs::remove_file(&tmp);
-            return Err(RepoError::Io { path, source: e });
-        }
-        self.bytes_written += self.scratch.len() as u64;
-        self.pending.push((tmp, path));
-        self.pending_ids.insert(id);
+        self.pending.add(id, kind, data);
         Ok(id)
     }
 
-    /// Makes every object written so far durable and visible: fsyncs the
-    /// files (in parallel), renames them into place, fsyncs their
-    /// directories.
+    /// Makes every object written so far durable and visible, as one pack.
     pub fn sync(&mut self) -> Result<(), RepoError> {
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_ids.clear();
-        if pending.is_empty() {
+        if self.pending.is_empty() {
             return Ok(());
         }
-        let tmps: Vec<PathBuf> = pending.iter().map(|(tmp, _)| tmp.clone()).collect();
-        sync_all(&tmps)?;
-        let mut dirs = BTreeSet::new();
-        for (tmp, path) in &pending {
-            fs::rename(tmp, path).map_err(io_err(path))?;
-            if let Some(d) = path.parent() {
-                dirs.insert(d.to_owned());
-            }
-        }
-        sync_all(&dirs.into_iter().collect::<Vec<_>>())
+        let pack = std::mem::take(&mut self.pending);
+        let size = pack.len() as u64;
+        fs::create_dir_all(&self.pack_dir).map_err(io_err(&self.pack_dir))?;
+        pack.finish(&self.pack_dir)?;
+        self.bytes_written += size;
+        self.packs_since_repack += 1;
+        self.maintain();
+        Ok(())
     }
 
     /// Drops objects not yet synced (a failed group).
     pub fn discard(&mut self) {
-        for (tmp, _) in std::mem::take(&mut self.pending) {
-            let _ = fs::remove_file(tmp);
+        self.pending = pack::PackBuilder::default();
+    }
+
+    /// Starts a background `git repack --geometric=2` when enough packs have
+    /// accumulated and none is running. Git keeps the pack count logarithmic
+    /// in the repository's size; readers (gix) pick up the new pack on their
+    /// next miss. Its new pack is fsynced before the old ones go.
+    fn maintain(&mut self) {
+        if let Some(child) = &mut self.repack {
+            match child.try_wait() {
+                Ok(None) => return,
+                Ok(Some(status)) if !status.success() => {
+                    tracing::warn!(%status, "background git repack failed; packs will accumulate until the next one");
+                }
+                _ => {}
+            }
+            self.repack = None;
         }
-        self.pending_ids.clear();
+        if self.packs_since_repack < REPACK_AFTER {
+            return;
+        }
+        let spawned = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&self.git_dir)
+            .args([
+                "-c",
+                "core.fsync=objects,derived-metadata,reference",
+                "-c",
+                "core.fsyncMethod=fsync",
+                "repack",
+                "-d",
+                "-q",
+                "--geometric=2",
+                "--no-write-bitmap-index",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        match spawned {
+            Ok(child) => {
+                self.packs_since_repack = 0;
+                self.repack = Some(child);
+            }
+            Err(e) => {
+                // Retry after another round of packs.
+                self.packs_since_repack = 0;
+                tracing::warn!(error = %e, "cannot run `git repack` (is git on PATH?); packs accumulate");
+            }
+        }
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        // Leave no repack running behind a store that is closed.
+        if let Some(mut child) = self.repack.take() {
+            let _ = child.wait();
+        }
     }
 }
 
@@ -501,6 +526,9 @@ fn sync_file(path: &Path) -> Result<(), RepoError> {
 fn sync_dir(path: &Path) -> Result<(), RepoError> {
     sync_file(path)
 }
+
+/// Threads that fsync a ref transaction's files and directories.
+const SYNC_THREADS: usize = 8;
 
 /// fsyncs files or directories on up to [`SYNC_THREADS`] threads.
 fn sync_all(paths: &[PathBuf]) -> Result<(), RepoError> {

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use common::proto::etcdserverpb::{PutRequest, RangeRequest};
 
-use crate::support::{Client, free_port, git};
+use crate::support::{Client, free_port, fsck, git};
 
 fn spawn_gitcd(repo: &Path, port: u16, log: &Path) -> Result<Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
@@ -101,7 +101,7 @@ async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
         child.wait()?;
 
         // The repository is consistent: fsck is clean and the refs agree.
-        git(&repo, &["fsck", "--no-progress", "--no-dangling"])?;
+        fsck(&repo, &["--no-dangling"]).await?;
         let data = git(&repo, &["rev-parse", "refs/heads/main"])?;
         let named = git(&repo, &["cat-file", "-p", "refs/gitcd/metadata/refs/heads/main:data"])?;
         assert_eq!(data.trim(), named.trim(), "data ref and metadata disagree");

@@ -257,6 +257,19 @@ pub fn commit_files(dir: &Path, files: &[(&str, &str)], message: &str) -> Result
     Ok(git(dir, &["rev-parse", "HEAD"])?.trim().to_owned())
 }
 
+/// Runs `git fsck` with `args` until it passes: a background `git repack`
+/// started by a gitcd that has stopped (or was killed) may still be folding
+/// packs, and fsck reports packs that vanish under it.
+pub async fn fsck(repo: &Path, args: &[&str]) -> Result<String> {
+    let mut all = vec!["fsck", "--no-progress"];
+    all.extend_from_slice(args);
+    eventually(&format!("git fsck {args:?} to pass"), Duration::from_secs(30), || {
+        let out = git(repo, &all);
+        async move { out.map(Some) }
+    })
+    .await
+}
+
 /// Every key and value at `revision` (0: the current one), in key order.
 pub async fn all_kvs(c: &mut Client, revision: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let r =
