@@ -361,6 +361,9 @@ pub struct ObjectWriter {
 
 /// How many packs accumulate before a background repack folds them.
 pub const REPACK_AFTER: usize = 32;
+/// How many packs may accumulate while a repack runs before the writer waits
+/// for it (gix holds at least 1,024 pack indices).
+const MAX_PACKS_BEHIND: usize = 256;
 
 impl ObjectWriter {
     pub fn new(git_dir: &Path) -> Self {
@@ -421,7 +424,15 @@ impl ObjectWriter {
     /// next miss. Its new pack is fsynced before the old ones go.
     fn maintain(&mut self) {
         if let Some(child) = &mut self.repack {
-            match child.try_wait() {
+            // Index slots are finite: when writes outrun the repack by far,
+            // wait for it (backpressure) rather than let packs pile up.
+            let status = if self.packs_since_repack >= MAX_PACKS_BEHIND {
+                tracing::warn!(packs = self.packs_since_repack, "waiting for the background git repack");
+                child.wait().map(Some)
+            } else {
+                child.try_wait()
+            };
+            match status {
                 Ok(None) => return,
                 Ok(Some(status)) if !status.success() => {
                     tracing::warn!(%status, "background git repack failed; packs will accumulate until the next one");
@@ -433,6 +444,7 @@ impl ObjectWriter {
         if self.packs_since_repack < REPACK_AFTER {
             return;
         }
+        // One thread, no delta search: folding packs is mostly copying.
         let spawned = std::process::Command::new("git")
             .arg("--git-dir")
             .arg(&self.git_dir)
@@ -441,10 +453,13 @@ impl ObjectWriter {
                 "core.fsync=objects,derived-metadata,reference",
                 "-c",
                 "core.fsyncMethod=fsync",
+                "-c",
+                "pack.threads=1",
                 "repack",
                 "-d",
                 "-q",
                 "--geometric=2",
+                "--window=0",
                 "--no-write-bitmap-index",
             ])
             .stdin(std::process::Stdio::null())

@@ -172,7 +172,7 @@ async fn start_gitcd(args: &Args, repo: &Path) -> Result<Server> {
         .arg(repo)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(repo.with_extension("log")).context("creating gitcd's log")?)
         .spawn()
         .context("starting gitcd")?;
     let mut server = Server {
