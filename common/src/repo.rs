@@ -359,11 +359,13 @@ pub struct ObjectWriter {
     repack: Option<std::process::Child>,
 }
 
+/// Pack bytes held in memory before they are written out unasked.
+const MAX_PENDING_PACK: usize = 64 << 20;
 /// How many packs accumulate before a background repack folds them.
 pub const REPACK_AFTER: usize = 32;
 /// How many packs may accumulate while a repack runs before the writer waits
 /// for it (gix holds at least 1,024 pack indices).
-const MAX_PACKS_BEHIND: usize = 256;
+const MAX_PACKS_BEHIND: usize = 512;
 
 impl ObjectWriter {
     pub fn new(git_dir: &Path) -> Self {
@@ -395,6 +397,12 @@ impl ObjectWriter {
         sha1::Digest::update(&mut hasher, data);
         let id = ObjectId::from_bytes_or_panic(&sha1::Digest::finalize(hasher));
         self.pending.add(id, kind, data);
+        // A long catch-up (gitcd-init over a big history) must not hold all
+        // of it in memory: packs written early are harmless, since nothing
+        // points at their objects before the refs move.
+        if self.pending.len() >= MAX_PENDING_PACK {
+            self.sync()?;
+        }
         Ok(id)
     }
 
@@ -444,7 +452,9 @@ impl ObjectWriter {
         if self.packs_since_repack < REPACK_AFTER {
             return;
         }
-        // One thread, no delta search: folding packs is mostly copying.
+        // One thread, so that serving keeps a core. Delta compression
+        // matters: a group's pack holds whole trees, and a large directory's
+        // tree differs little from one group to the next.
         let spawned = std::process::Command::new("git")
             .arg("--git-dir")
             .arg(&self.git_dir)
@@ -459,7 +469,7 @@ impl ObjectWriter {
                 "-d",
                 "-q",
                 "--geometric=2",
-                "--window=0",
+                "--window=1",
                 "--no-write-bitmap-index",
             ])
             .stdin(std::process::Stdio::null())
