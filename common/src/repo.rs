@@ -7,17 +7,22 @@
 //! points at them. Refs are fsynced after their transaction. Tree and commit objects are encoded here too: the format
 //! is small and this keeps the hot path free of gix's validation costs.
 
+mod delta;
 mod pack;
+mod packs;
 pub mod tree;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gix::ObjectId;
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 
+pub use pack::PackBuilder;
+pub use packs::Packs;
 pub use tree::TreeNode;
 
 /// Errors from the Git layer. Each names what was being done and where.
@@ -343,45 +348,29 @@ impl LocalRepo {
     }
 }
 
-/// Writes objects durably, a group at a time: objects are collected into one
-/// pack in memory; [`ObjectWriter::sync`] writes it with its index (fsynced,
-/// renamed into place, the directory fsynced). An object is readable only
-/// after `sync`, and nothing may point at it before. Every
-/// [`REPACK_AFTER`] packs, `git repack --geometric=2` runs in the background
-/// to fold the small packs together.
+/// Collects objects into one pack in memory, a group at a time. An object is
+/// readable only once its pack is written ([`ObjectWriter::sync`], or
+/// [`Packs::write`] of [`ObjectWriter::take`]n objects), and nothing may point
+/// at it before.
 pub struct ObjectWriter {
-    git_dir: PathBuf,
-    pack_dir: PathBuf,
-    pending: pack::PackBuilder,
-    bytes_written: u64,
-    /// Packs written since the last repack started.
-    packs_since_repack: usize,
-    repack: Option<std::process::Child>,
+    pending: PackBuilder,
+    packs: Arc<Packs>,
 }
 
 /// Pack bytes held in memory before they are written out unasked.
 const MAX_PENDING_PACK: usize = 64 << 20;
-/// How many packs accumulate before a background repack folds them.
-pub const REPACK_AFTER: usize = 32;
-/// How many packs may accumulate while a repack runs before the writer waits
-/// for it (gix holds at least 1,024 pack indices).
-const MAX_PACKS_BEHIND: usize = 512;
 
 impl ObjectWriter {
     pub fn new(git_dir: &Path) -> Self {
         Self {
-            git_dir: git_dir.to_owned(),
-            pack_dir: git_dir.join("objects").join("pack"),
-            pending: pack::PackBuilder::default(),
-            bytes_written: 0,
-            packs_since_repack: 0,
-            repack: None,
+            pending: PackBuilder::default(),
+            packs: Arc::new(Packs::new(git_dir)),
         }
     }
 
-    /// Total bytes of pack data written by this writer.
-    pub fn bytes_written(&self) -> u64 {
-        self.bytes_written
+    /// Where this writer's packs go; shareable with other threads.
+    pub fn packs(&self) -> &Arc<Packs> {
+        &self.packs
     }
 
     /// Whether objects await [`ObjectWriter::sync`].
@@ -391,114 +380,57 @@ impl ObjectWriter {
 
     /// Adds one object to the pending pack and returns its id.
     pub fn write(&mut self, kind: Kind, data: &[u8]) -> Result<ObjectId, RepoError> {
-        let header = format!("{} {}\0", kind.name(), data.len());
-        let mut hasher = <sha1::Sha1 as sha1::Digest>::new();
-        sha1::Digest::update(&mut hasher, header.as_bytes());
-        sha1::Digest::update(&mut hasher, data);
-        let id = ObjectId::from_bytes_or_panic(&sha1::Digest::finalize(hasher));
+        let id = object_id(kind, data);
         self.pending.add(id, kind, data);
-        // A long catch-up (gitcd-init over a big history) must not hold all
-        // of it in memory: packs written early are harmless, since nothing
-        // points at their objects before the refs move.
-        if self.pending.len() >= MAX_PENDING_PACK {
+        self.spill()?;
+        Ok(id)
+    }
+
+    /// Adds a tree, which replaces tree `previous` (if any), and returns its
+    /// id.
+    pub fn write_tree(&mut self, content: Vec<u8>, previous: Option<ObjectId>) -> Result<ObjectId, RepoError> {
+        let id = object_id(Kind::Tree, &content);
+        self.pending.add_tree(id, content, previous);
+        self.spill()?;
+        Ok(id)
+    }
+
+    /// A long catch-up (gitcd-init over a big history) must not hold all of
+    /// it in memory: packs written early are harmless, since nothing points
+    /// at their objects before the refs move.
+    fn spill(&mut self) -> Result<(), RepoError> {
+        if self.pending.memory() >= MAX_PENDING_PACK {
             self.sync()?;
         }
-        Ok(id)
+        Ok(())
     }
 
     /// Makes every object written so far durable and visible, as one pack.
     pub fn sync(&mut self) -> Result<(), RepoError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let pack = std::mem::take(&mut self.pending);
-        let size = pack.len() as u64;
-        fs::create_dir_all(&self.pack_dir).map_err(io_err(&self.pack_dir))?;
-        pack.finish(&self.pack_dir)?;
-        self.bytes_written += size;
-        self.packs_since_repack += 1;
-        self.maintain();
-        Ok(())
+        let pack = self.take();
+        self.packs.write(pack)
+    }
+
+    /// Hands over the objects written so far, for [`Packs::write`].
+    pub fn take(&mut self) -> PackBuilder {
+        std::mem::take(&mut self.pending)
     }
 
     /// Drops objects not yet synced (a failed group).
     pub fn discard(&mut self) {
-        self.pending = pack::PackBuilder::default();
-    }
-
-    /// Starts a background `git repack --geometric=2` when enough packs have
-    /// accumulated and none is running. Git keeps the pack count logarithmic
-    /// in the repository's size; readers (gix) pick up the new pack on their
-    /// next miss. Its new pack is fsynced before the old ones go.
-    fn maintain(&mut self) {
-        if let Some(child) = &mut self.repack {
-            // Index slots are finite: when writes outrun the repack by far,
-            // wait for it (backpressure) rather than let packs pile up.
-            let status = if self.packs_since_repack >= MAX_PACKS_BEHIND {
-                tracing::warn!(packs = self.packs_since_repack, "waiting for the background git repack");
-                child.wait().map(Some)
-            } else {
-                child.try_wait()
-            };
-            match status {
-                Ok(None) => return,
-                Ok(Some(status)) if !status.success() => {
-                    tracing::warn!(%status, "background git repack failed; packs will accumulate until the next one");
-                }
-                _ => {}
-            }
-            self.repack = None;
-        }
-        if self.packs_since_repack < REPACK_AFTER {
-            return;
-        }
-        // One thread, so that serving keeps a core. Delta compression
-        // matters: a group's pack holds whole trees, and a large directory's
-        // tree differs little from one group to the next.
-        let spawned = std::process::Command::new("git")
-            .arg("--git-dir")
-            .arg(&self.git_dir)
-            .args([
-                "-c",
-                "core.fsync=objects,derived-metadata,reference",
-                "-c",
-                "core.fsyncMethod=fsync",
-                "-c",
-                "pack.threads=1",
-                "repack",
-                "-d",
-                "-q",
-                "--geometric=2",
-                "--window=1",
-                "--no-write-bitmap-index",
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn();
-        match spawned {
-            Ok(child) => {
-                self.packs_since_repack = 0;
-                self.repack = Some(child);
-            }
-            Err(e) => {
-                // Retry after another round of packs.
-                self.packs_since_repack = 0;
-                tracing::warn!(error = %e, "cannot run `git repack` (is git on PATH?); packs accumulate");
-            }
-        }
+        self.pending = PackBuilder::default();
     }
 }
 
-impl Drop for ObjectWriter {
-    fn drop(&mut self) {
-        // Leave no repack running behind a store that is closed.
-        if let Some(mut child) = self.repack.take() {
-            let _ = child.wait();
-        }
-    }
+/// The id of object `data` of `kind`.
+fn object_id(kind: Kind, data: &[u8]) -> ObjectId {
+    let header = format!("{} {}\0", kind.name(), data.len());
+    let mut hasher = <sha1::Sha1 as sha1::Digest>::new();
+    sha1::Digest::update(&mut hasher, header.as_bytes());
+    sha1::Digest::update(&mut hasher, data);
+    ObjectId::from_bytes_or_panic(&sha1::Digest::finalize(hasher))
 }
 
-/// Encodes a commit object.
 pub fn encode_commit(tree: ObjectId, parents: &[ObjectId], who: &Signature, message: &str) -> Vec<u8> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

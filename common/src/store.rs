@@ -175,20 +175,23 @@ impl RevisionIndex {
         self.commits.get(i).copied()
     }
 
-    /// Records where `revision` lives. A newer commit at a revision already
-    /// known (a metadata-only change) takes its place but keeps the group
-    /// that wrote the revision.
-    fn set(&mut self, revision: i64, mut commits: RevisionCommits) {
+    /// Records where `revision` lives. A revision already known keeps its
+    /// commits: a later commit at the same revision changed metadata only
+    /// (leases, compaction), not keys, and may not have landed yet.
+    fn set(&mut self, revision: i64, commits: RevisionCommits) {
         if self.commits.is_empty() {
             self.first = revision;
         }
         let i = usize::try_from(revision - self.first).expect("revisions only grow");
-        if i < self.commits.len() {
-            commits.group = commits.group.or(self.commits[i].group);
-            self.commits[i] = commits;
-        } else {
+        if i >= self.commits.len() {
             self.commits.push(commits);
         }
+    }
+
+    /// Forgets the revisions after `revision` (written, then not landed).
+    fn truncate(&mut self, revision: i64) {
+        let keep = usize::try_from(revision + 1 - self.first).unwrap_or(0);
+        self.commits.truncate(keep);
     }
 }
 

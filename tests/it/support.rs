@@ -257,9 +257,9 @@ pub fn commit_files(dir: &Path, files: &[(&str, &str)], message: &str) -> Result
     Ok(git(dir, &["rev-parse", "HEAD"])?.trim().to_owned())
 }
 
-/// Runs `git fsck` with `args` until it passes: a background `git repack`
-/// started by a gitcd that has stopped (or was killed) may still be folding
-/// packs, and fsck reports packs that vanish under it.
+/// Runs `git fsck` with `args` until it passes: a gitcd that has just
+/// stopped may still be folding or merging packs in the background, and
+/// fsck reports packs that vanish under it.
 pub async fn fsck(repo: &Path, args: &[&str]) -> Result<String> {
     let mut all = vec!["fsck", "--no-progress"];
     all.extend_from_slice(args);

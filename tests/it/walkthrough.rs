@@ -92,7 +92,8 @@ async fn seed_walkthrough_matches_etcd() -> Result<()> {
             "refs/gitcd/metadata/refs/heads/main",
         ],
     )?;
-    assert_eq!(meta_log, "4\n3\n2\n1\n");
+    // Revisions 3 and 4 change several keys: their metadata has a `log`.
+    assert_eq!(meta_log, "4-4\n3-3\n2\n1\n");
     let show = git(&repo, &["show", "--format=%s", "--name-status", "refs/heads/main"])?;
     assert_eq!(show, "4\n\nD\t2\nA\t3/3\n");
     assert_eq!(git(&repo, &["show", "refs/heads/main:3/3"])?, "3");

@@ -1,34 +1,51 @@
 //! Writing a group of objects as one pack file with its index (pack format
 //! version 2, index version 2, as `git index-pack` makes them): one file and
-//! one fsync for the whole group instead of a file per object. Objects are
-//! stored whole (no deltas); `git repack` can compress them later.
+//! one fsync for the whole group instead of a file per object. A group's
+//! objects are stored whole; [`fold`] later folds many groups' packs into one,
+//! with each tree stored as a delta against its previous version.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use gix::ObjectId;
 
-use super::{Kind, RepoError, io_err, sync_dir};
+use super::{Kind, RepoError, delta, io_err, sync_dir};
 
-/// The objects of one pack being built, in memory.
+/// The objects of one pack being built, in memory. Once written, it keeps
+/// its bytes and its trees' contents for [`fold`].
 pub struct PackBuilder {
     /// The pack so far: a header whose count is filled in at the end, then
-    /// the entries.
+    /// the entries (and the checksum once written).
     data: Vec<u8>,
+    /// In pack order.
     entries: Vec<Entry>,
     ids: HashSet<ObjectId>,
     deflate: flate2::Compress,
+    /// Bytes of tree contents kept for folding.
+    tree_bytes: usize,
 }
 
 struct Entry {
     id: ObjectId,
     offset: u64,
+    end: u64,
     crc: u32,
+    tree: Option<Tree>,
+}
+
+/// A tree's content, and the tree it replaced (a delta base when folding).
+struct Tree {
+    content: Vec<u8>,
+    previous: Option<ObjectId>,
 }
 
 const HEADER_LEN: usize = 12;
+pub const OFS_DELTA: u8 = 6;
+/// Longest chain of deltas [`fold`] makes: reading a tree applies at most
+/// this many.
+const MAX_DELTA_DEPTH: u32 = 16;
 
 impl Default for PackBuilder {
     fn default() -> Self {
@@ -39,6 +56,7 @@ impl Default for PackBuilder {
             entries: Vec::new(),
             ids: HashSet::new(),
             deflate: flate2::Compress::new(flate2::Compression::fast(), true),
+            tree_bytes: 0,
         }
     }
 }
@@ -53,27 +71,58 @@ impl PackBuilder {
         self.data.len()
     }
 
+    /// Bytes held in memory: the pack and the trees kept for folding.
+    pub fn memory(&self) -> usize {
+        self.data.len() + self.tree_bytes
+    }
+
     /// Appends object `id` (`data` of `kind`) unless the pack has it.
     pub fn add(&mut self, id: ObjectId, kind: Kind, data: &[u8]) {
         if !self.ids.insert(id) {
             return;
         }
-        let offset = self.data.len();
-        let type_bits: u8 = match kind {
+        let type_bits = match kind {
             Kind::Commit => 1,
             Kind::Tree => 2,
             Kind::Blob => 3,
         };
-        // Type and size: 4 bits of size in the first byte, then 7 per byte.
-        let mut size = data.len();
-        let mut byte = (type_bits << 4) | (size & 0x0f) as u8;
-        size >>= 4;
-        while size > 0 {
-            self.data.push(byte | 0x80);
-            byte = (size & 0x7f) as u8;
-            size >>= 7;
+        let offset = self.data.len();
+        push_header(&mut self.data, type_bits, data.len());
+        self.deflate_in(data);
+        self.push_entry(id, offset, None);
+    }
+
+    /// Appends tree `id`, keeping its content and the id of the tree it
+    /// replaces for [`fold`].
+    pub fn add_tree(&mut self, id: ObjectId, content: Vec<u8>, previous: Option<ObjectId>) {
+        if self.ids.contains(&id) {
+            return;
         }
-        self.data.push(byte);
+        self.add(id, Kind::Tree, &content);
+        self.tree_bytes += content.len();
+        self.entries.last_mut().expect("just added").tree = Some(Tree { content, previous });
+    }
+
+    /// Appends an entry copied whole from another pack.
+    fn add_copy(&mut self, id: ObjectId, entry: &[u8], crc: u32) {
+        self.ids.insert(id);
+        let offset = self.data.len();
+        self.data.extend_from_slice(entry);
+        self.push_entry(id, offset, Some(crc));
+    }
+
+    /// Appends object `id` as `delta` against the object at `base_offset`.
+    fn add_delta(&mut self, id: ObjectId, base_offset: u64, delta: &[u8]) {
+        self.ids.insert(id);
+        let offset = self.data.len();
+        push_header(&mut self.data, OFS_DELTA, delta.len());
+        self.data
+            .extend_from_slice(&encode_distance(offset as u64 - base_offset));
+        self.deflate_in(delta);
+        self.push_entry(id, offset, None);
+    }
+
+    fn deflate_in(&mut self, data: &[u8]) {
         self.deflate.reset();
         let mut input = data;
         loop {
@@ -88,23 +137,30 @@ impl PackBuilder {
                 break;
             }
         }
-        let crc = crc32fast::hash(&self.data[offset..]);
+    }
+
+    /// Records the entry from `offset` to the end, whose CRC is `crc` when
+    /// known.
+    fn push_entry(&mut self, id: ObjectId, offset: usize, crc: Option<u32>) {
+        let crc = crc.unwrap_or_else(|| crc32fast::hash(&self.data[offset..]));
         self.entries.push(Entry {
             id,
             offset: offset as u64,
+            end: self.data.len() as u64,
             crc,
+            tree: None,
         });
     }
 
     /// Writes the pack and its index into `pack_dir` durably (both files
     /// fsynced, renamed into place, the directory fsynced) and returns the
-    /// pack's path.
-    pub fn finish(mut self, pack_dir: &Path) -> Result<PathBuf, RepoError> {
-        let count = u32::try_from(self.entries.len()).expect("a group holds fewer than 2^32 objects");
+    /// pack's path. The builder keeps its contents, for [`fold`].
+    pub fn finish(&mut self, pack_dir: &Path) -> Result<PathBuf, RepoError> {
+        let count = u32::try_from(self.entries.len()).expect("a pack holds fewer than 2^32 objects");
         self.data[8..HEADER_LEN].copy_from_slice(&count.to_be_bytes());
         let checksum = sha1_of(&self.data);
-        self.data.extend_from_slice(&checksum);
         let index = self.index(&checksum);
+        self.data.extend_from_slice(&checksum);
 
         let name = format!("pack-{}", hex(&checksum));
         let pack = pack_dir.join(format!("{name}.pack"));
@@ -119,45 +175,252 @@ impl PackBuilder {
     }
 
     /// The version 2 index of the pack whose checksum is `checksum`.
-    fn index(&mut self, checksum: &[u8]) -> Vec<u8> {
-        self.entries.sort_by_key(|e| e.id);
-        let n = self.entries.len();
-        let mut out = Vec::with_capacity(8 + 256 * 4 + n * 28 + 40);
-        out.extend_from_slice(b"\xfftOc\0\0\0\x02");
-        let mut fanout = [0u32; 256];
-        for e in &self.entries {
-            fanout[e.id.as_bytes()[0] as usize] += 1;
-        }
-        let mut total = 0;
-        for f in fanout {
-            total += f;
-            out.extend_from_slice(&total.to_be_bytes());
-        }
-        for e in &self.entries {
-            out.extend_from_slice(e.id.as_bytes());
-        }
-        for e in &self.entries {
-            out.extend_from_slice(&e.crc.to_be_bytes());
-        }
-        let mut large = Vec::new();
-        for e in &self.entries {
-            let small = match u32::try_from(e.offset) {
-                Ok(o) if o < 0x8000_0000 => o,
-                _ => {
-                    large.push(e.offset);
-                    0x8000_0000 | (large.len() as u32 - 1)
-                }
-            };
-            out.extend_from_slice(&small.to_be_bytes());
-        }
-        for o in large {
-            out.extend_from_slice(&o.to_be_bytes());
-        }
-        out.extend_from_slice(checksum);
-        let own = sha1_of(&out);
-        out.extend_from_slice(&own);
-        out
+    fn index(&self, checksum: &[u8]) -> Vec<u8> {
+        let mut entries: Vec<IndexEntry> = self
+            .entries
+            .iter()
+            .map(|e| IndexEntry {
+                id: e.id,
+                offset: e.offset,
+                crc: e.crc,
+            })
+            .collect();
+        write_index(&mut entries, checksum)
     }
+}
+
+/// One object of a pack index.
+#[derive(Clone, Copy)]
+pub struct IndexEntry {
+    pub id: ObjectId,
+    pub offset: u64,
+    pub crc: u32,
+}
+
+/// A version 2 index of the pack whose checksum is `checksum` and whose
+/// objects are `entries` (which it sorts).
+fn write_index(entries: &mut [IndexEntry], checksum: &[u8]) -> Vec<u8> {
+    entries.sort_by_key(|e| e.id);
+    let n = entries.len();
+    let mut out = Vec::with_capacity(8 + 256 * 4 + n * 28 + 40);
+    out.extend_from_slice(b"\xfftOc\0\0\0\x02");
+    let mut fanout = [0u32; 256];
+    for e in entries.iter() {
+        fanout[e.id.as_bytes()[0] as usize] += 1;
+    }
+    let mut total = 0;
+    for f in fanout {
+        total += f;
+        out.extend_from_slice(&total.to_be_bytes());
+    }
+    for e in entries.iter() {
+        out.extend_from_slice(e.id.as_bytes());
+    }
+    for e in entries.iter() {
+        out.extend_from_slice(&e.crc.to_be_bytes());
+    }
+    let mut large = Vec::new();
+    for e in entries.iter() {
+        let small = match u32::try_from(e.offset) {
+            Ok(o) if o < 0x8000_0000 => o,
+            _ => {
+                large.push(e.offset);
+                0x8000_0000 | (large.len() as u32 - 1)
+            }
+        };
+        out.extend_from_slice(&small.to_be_bytes());
+    }
+    for o in large {
+        out.extend_from_slice(&o.to_be_bytes());
+    }
+    out.extend_from_slice(checksum);
+    let own = sha1_of(&out);
+    out.extend_from_slice(&own);
+    out
+}
+
+/// Reads a version 2 pack index: every object with its offset and CRC.
+pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>, RepoError> {
+    let data = fs::read(path).map_err(io_err(path))?;
+    let bad = |m: &str| RepoError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("pack index: {m}")),
+    };
+    if data.len() < 8 + 1024 + 40 || &data[..8] != b"\xfftOc\0\0\0\x02" {
+        return Err(bad("not a version 2 index"));
+    }
+    let word = |at: usize| u32::from_be_bytes(data[at..at + 4].try_into().expect("four bytes"));
+    let n = word(8 + 255 * 4) as usize;
+    let (ids, crcs, offsets) = (8 + 1024, 8 + 1024 + n * 20, 8 + 1024 + n * 24);
+    let large = offsets + n * 4;
+    if data.len() < large + 40 {
+        return Err(bad("truncated"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let small = word(offsets + i * 4);
+        let offset = if small & 0x8000_0000 == 0 {
+            u64::from(small)
+        } else {
+            let at = large + (small & 0x7fff_ffff) as usize * 8;
+            let bytes = data.get(at..at + 8).ok_or_else(|| bad("large offset out of range"))?;
+            u64::from_be_bytes(bytes.try_into().expect("eight bytes"))
+        };
+        out.push(IndexEntry {
+            id: ObjectId::from_bytes_or_panic(&data[ids + i * 20..ids + i * 20 + 20]),
+            offset,
+            crc: word(crcs + i * 4),
+        });
+    }
+    Ok(out)
+}
+
+/// A pack written to disk as it is made, for merges too large to hold in
+/// memory. Its object count is known at the start.
+pub struct PackWriter {
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: std::io::BufWriter<fs::File>,
+    hasher: sha1::Sha1,
+    offset: u64,
+    entries: Vec<IndexEntry>,
+}
+
+impl PackWriter {
+    pub fn create(dir: &Path, count: u32) -> Result<Self, RepoError> {
+        let tmp = dir.join(format!("tmp_{}.pack", rand::random::<u64>()));
+        let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut w = Self {
+            dir: dir.to_owned(),
+            tmp,
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: <sha1::Sha1 as sha1::Digest>::new(),
+            offset: 0,
+            entries: Vec::with_capacity(count as usize),
+        };
+        let mut header = b"PACK\0\0\0\x02".to_vec();
+        header.extend_from_slice(&count.to_be_bytes());
+        w.put(&header)?;
+        Ok(w)
+    }
+
+    /// Where the next entry starts.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Appends the entry of object `id`, made of `parts`; `crc` when known.
+    pub fn entry(&mut self, id: ObjectId, parts: &[&[u8]], crc: Option<u32>) -> Result<(), RepoError> {
+        let offset = self.offset;
+        let crc = crc.unwrap_or_else(|| {
+            let mut h = crc32fast::Hasher::new();
+            parts.iter().for_each(|p| h.update(p));
+            h.finalize()
+        });
+        for p in parts {
+            self.put(p)?;
+        }
+        self.entries.push(IndexEntry { id, offset, crc });
+        Ok(())
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), RepoError> {
+        sha1::Digest::update(&mut self.hasher, bytes);
+        self.file.write_all(bytes).map_err(io_err(&self.tmp))?;
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the pack and writes its index, both durably, and returns the
+    /// pack's path.
+    pub fn finish(mut self) -> Result<PathBuf, RepoError> {
+        let checksum: [u8; 20] = sha1::Digest::finalize(self.hasher.clone()).into();
+        self.file.write_all(&checksum).map_err(io_err(&self.tmp))?;
+        let file = self.file.into_inner().map_err(|e| RepoError::Io {
+            path: self.tmp.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io_err(&self.tmp))?;
+        let index = write_index(&mut self.entries, &checksum);
+        let name = format!("pack-{}", hex(&checksum));
+        let pack = self.dir.join(format!("{name}.pack"));
+        let idx = self.dir.join(format!("{name}.idx"));
+        let tmp_idx = write_synced(&self.dir, "idx", &index)?;
+        fs::rename(&self.tmp, &pack).map_err(io_err(&pack))?;
+        fs::rename(&tmp_idx, &idx).map_err(io_err(&idx))?;
+        sync_dir(&self.dir)?;
+        Ok(pack)
+    }
+}
+
+/// A delta's distance back to its base, as stored: 7 bits a byte, most
+/// significant first, each continuation byte standing for one more than it
+/// says.
+pub fn encode_distance(mut distance: u64) -> Vec<u8> {
+    let mut bytes = vec![(distance & 0x7f) as u8];
+    distance >>= 7;
+    while distance > 0 {
+        distance -= 1;
+        bytes.push(0x80 | (distance & 0x7f) as u8);
+        distance >>= 7;
+    }
+    bytes.reverse();
+    bytes
+}
+
+/// Type and size of an entry: 4 bits of size in the first byte after the
+/// type, then 7 bits a byte.
+fn push_header(out: &mut Vec<u8>, type_bits: u8, size: usize) {
+    let mut size = size;
+    let mut byte = (type_bits << 4) | (size & 0x0f) as u8;
+    size >>= 4;
+    while size > 0 {
+        out.push(byte | 0x80);
+        byte = (size & 0x7f) as u8;
+        size >>= 7;
+    }
+    out.push(byte);
+}
+
+/// Folds packs written by [`PackBuilder::finish`] (oldest first) into one:
+/// objects are copied as they are stored, except that a tree whose previous
+/// version is in the fold becomes a delta against it (at most
+/// [`MAX_DELTA_DEPTH`] in a row). Groups rewrite the trees along every path
+/// they change, so most of their bytes are trees that differ in a few
+/// entries from a tree of the group before.
+pub fn fold(packs: &[PackBuilder]) -> PackBuilder {
+    let mut out = PackBuilder::default();
+    // Each tree placed: its offset in `out`, content and delta depth.
+    let mut trees: HashMap<ObjectId, (u64, &[u8], u32)> = HashMap::new();
+    for pack in packs {
+        for e in &pack.entries {
+            if out.ids.contains(&e.id) {
+                continue;
+            }
+            let offset = out.data.len() as u64;
+            let mut depth = 0;
+            let base = e.tree.as_ref().and_then(|t| {
+                let (at, content, depth) = *trees.get(&t.previous?)?;
+                (depth < MAX_DELTA_DEPTH).then_some((at, content, depth))
+            });
+            let delta = base.and_then(|(at, content, d)| {
+                let t = e.tree.as_ref().expect("only trees have bases");
+                let delta = delta::tree_delta(content, &t.content);
+                (delta.len() < t.content.len() / 2).then_some((at, delta, d))
+            });
+            match delta {
+                Some((at, delta, d)) => {
+                    out.add_delta(e.id, at, &delta);
+                    depth = d + 1;
+                }
+                None => out.add_copy(e.id, &pack.data[e.offset as usize..e.end as usize], e.crc),
+            }
+            if let Some(t) = &e.tree {
+                trees.insert(e.id, (offset, &t.content, depth));
+            }
+        }
+    }
+    out
 }
 
 fn sha1_of(data: &[u8]) -> [u8; 20] {
@@ -241,6 +504,71 @@ mod tests {
             assert_eq!(&repo.local().read(*id, Kind::Blob)?, blob);
         }
         git(repo.git_dir(), &["fsck", "--strict", "--no-dangling"])?;
+        Ok(())
+    }
+
+    /// Group packs folded into one: each version of a growing tree becomes a
+    /// delta against the one before (a fresh copy every MAX_DELTA_DEPTH),
+    /// blobs are copied, and git reads every object back.
+    #[test]
+    fn folded_packs_store_trees_as_deltas() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let repo = Repo::open_or_init(&dir.path().join("r"))?;
+        let pack_dir = repo.git_dir().join("objects/pack");
+        std::fs::create_dir_all(&pack_dir)?;
+        let mut groups = Vec::new();
+        let mut objects = Vec::new();
+        // A directory of 20 entries to begin with.
+        let mut entries: Vec<u8> = Vec::new();
+        for i in 0..20 {
+            entries.extend_from_slice(format!("100644 a{i:02}\0").as_bytes());
+            entries.extend_from_slice(&[i; 20]);
+        }
+        let mut previous = None;
+        for g in 0..40u32 {
+            let mut pack = super::PackBuilder::default();
+            let blob = format!("value {g}\n").into_bytes();
+            let blob_id = super::super::object_id(Kind::Blob, &blob);
+            pack.add(blob_id, Kind::Blob, &blob);
+            objects.push((blob_id, "blob", blob));
+            // One more entry per group, names in order.
+            entries.extend_from_slice(format!("100644 k{g:04}\0").as_bytes());
+            entries.extend_from_slice(blob_id.as_bytes());
+            let tree_id = super::super::object_id(Kind::Tree, &entries);
+            pack.add_tree(tree_id, entries.clone(), previous);
+            objects.push((tree_id, "tree", entries.clone()));
+            previous = Some(tree_id);
+            let path = pack.finish(&pack_dir)?;
+            groups.push((path, pack));
+        }
+        let (paths, packs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
+        let mut folded = super::fold(&packs);
+        let folded_path = folded.finish(&pack_dir)?;
+        for p in paths {
+            std::fs::remove_file(p.with_extension("idx"))?;
+            std::fs::remove_file(p)?;
+        }
+        let verified = git(
+            repo.git_dir(),
+            &[
+                "verify-pack",
+                "-v",
+                &folded_path.with_extension("idx").display().to_string(),
+            ],
+        )?;
+        // 40 blobs and 3 whole trees (one per 17: the first, then after 16
+        // deltas each); the other 37 trees are deltas.
+        assert!(verified.contains("non delta: 43 objects"), "{verified}");
+        assert!(verified.contains("chain length = 16: 2 objects"), "{verified}");
+        for (id, kind, content) in &objects {
+            let out = Command::new("git")
+                .arg("--git-dir")
+                .arg(repo.git_dir())
+                .args(["cat-file", kind, &id.to_string()])
+                .output()?;
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(&out.stdout, content);
+        }
         Ok(())
     }
 }

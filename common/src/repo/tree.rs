@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use gix::ObjectId;
 
-use super::{Kind, LocalRepo, ObjectWriter, RepoError};
+use super::{LocalRepo, ObjectWriter, RepoError};
 use crate::keys::SELF_NAME;
 
 /// Git's modes, as written in trees.
@@ -96,6 +96,9 @@ enum Child {
 pub struct TreeNode {
     children: BTreeMap<Vec<u8>, Child>,
     id: Option<ObjectId>,
+    /// The id this tree had when last loaded or written: its next version is
+    /// stored as a delta against it when packs are folded.
+    previous: Option<ObjectId>,
 }
 
 impl TreeNode {
@@ -115,7 +118,11 @@ impl TreeNode {
             };
             children.insert(sort_key(&e.name, e.is_tree()), child);
         }
-        Ok(Self { children, id: Some(id) })
+        Ok(Self {
+            children,
+            id: Some(id),
+            previous: Some(id),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -275,8 +282,9 @@ impl TreeNode {
             buf.push(0);
             buf.extend_from_slice(id.as_bytes());
         }
-        let id = out.write(Kind::Tree, &buf)?;
+        let id = out.write_tree(buf, self.previous)?;
         self.id = Some(id);
+        self.previous = Some(id);
         Ok(id)
     }
 }

@@ -112,7 +112,7 @@ impl Writer {
 
     /// Bytes of objects this writer has written.
     pub fn bytes_written(&self) -> i64 {
-        i64::try_from(self.objects.bytes_written()).unwrap_or(i64::MAX)
+        i64::try_from(self.objects.packs().bytes_written()).unwrap_or(i64::MAX)
     }
 
     pub fn index(&self) -> Arc<Revisions> {
@@ -237,7 +237,7 @@ impl Writer {
         let mut current = Some(head);
         while let Some(id) = current {
             let c = self.repo.commit(id)?;
-            let (first, last) = parse_revisions(&c.message).ok_or_else(|| {
+            let (first, last, logged) = parse_revisions(&c.message).ok_or_else(|| {
                 corrupt(format!(
                     "metadata commit {id} has message {:?}, not a revision",
                     String::from_utf8_lossy(&c.message)
@@ -250,7 +250,7 @@ impl Writer {
                     return Err(corrupt(format!("metadata commit {id} has {} parents", c.parents.len())));
                 }
             };
-            let group = (first < last).then_some((id, first));
+            let group = logged.then_some((id, first));
             for rev in first..=last {
                 // Walking newest first: a newer commit at the same revision
                 // (a metadata-only change) wins, the group keeps its log.
@@ -462,6 +462,16 @@ impl Writer {
         if !notes.is_empty() {
             message = format!("{message}\n\n{}", notes.join("\n"));
         }
+        // The log keeps what the trees cannot: the state at each revision
+        // inside a group, and the order of a txn's changes (etcd's event
+        // order). Commits made by others have neither. The metadata message
+        // tells readers whether there is one.
+        let logged = external.is_none() && (first != last || revisions.iter().any(|r| r.changes.len() > 1));
+        let meta_message = if logged && first == last {
+            format!("{first}-{message}")
+        } else {
+            message.clone()
+        };
         let data = match external {
             Some(id) => id,
             None => {
@@ -474,7 +484,7 @@ impl Writer {
         self.data_head = Some(data);
         self.known_data.insert(data);
         self.pending_events.extend(revisions.iter().cloned());
-        let log = (first != last).then(|| {
+        let log = logged.then(|| {
             let log: Vec<meta::LogRevision> = revisions
                 .iter()
                 .map(|r| meta::LogRevision {
@@ -491,7 +501,7 @@ impl Writer {
                 .collect();
             meta::encode_log(&log)
         });
-        self.write_meta_commit(first, last, &message, log)
+        self.write_meta_commit(first, last, &meta_message, log)
     }
 
     /// Writes the revisions applied since the last commit as one commit.
@@ -540,6 +550,7 @@ impl Writer {
             meta::LEASES_ENTRY,
             (!leases.is_empty()).then(|| meta::encode_leases(&leases)),
         )?;
+        let logged = log.is_some();
         put(meta::LOG_ENTRY, log)?;
         let tree = self.meta_tree.write(&mut self.objects)?;
         // The data commit is the second parent (it stays reachable from the
@@ -553,7 +564,7 @@ impl Writer {
         let id = self.objects.write(Kind::Commit, &body)?;
         self.meta_head = Some(id);
         let mut index = self.index.index.write().expect("revision index lock is never poisoned");
-        if first == last {
+        if !logged {
             index.set(rev, RevisionCommits::exact(id, data));
         } else {
             for r in first..=last {
@@ -688,7 +699,7 @@ impl Writer {
         let revision = self.working.revision;
         *shared.snapshot.write().expect("snapshot lock is never poisoned") = Arc::new(self.working.clone());
         shared.db_size.store(
-            shared.db_size_base + self.objects.bytes_written() as i64,
+            shared.db_size_base + self.objects.packs().bytes_written() as i64,
             std::sync::atomic::Ordering::Relaxed,
         );
         shared.published.send_if_modified(|r| {
@@ -706,6 +717,11 @@ impl Writer {
         self.objects.discard();
         let repo_meta = self.repo.ref_target(&self.config.metadata_ref)?;
         let durable = self.durable.clone().expect("an open store is durable");
+        self.index
+            .index
+            .write()
+            .expect("revision index lock is never poisoned")
+            .truncate(durable.snapshot.revision);
         if repo_meta == durable.meta_head {
             self.working = durable.snapshot;
             self.data_head = Some(durable.data_head);
@@ -875,14 +891,15 @@ fn op_summary(op: &WriteOp) -> String {
 }
 
 /// The revisions a metadata commit message names on its first line: one
-/// revision in decimal, or the first and last of a group, `first-last`.
-pub fn parse_revisions(message: &[u8]) -> Option<(i64, i64)> {
+/// revision in decimal, or `first-last` for a commit with a `log` (a group of
+/// revisions, or one whose changes' order the log keeps); and which it is.
+pub fn parse_revisions(message: &[u8]) -> Option<(i64, i64, bool)> {
     let line = std::str::from_utf8(message.split(|b| *b == b'\n').next()?).ok()?.trim();
     match line.split_once('-') {
-        None => line.parse().ok().map(|r| (r, r)),
+        None => line.parse().ok().map(|r| (r, r, false)),
         Some((first, last)) => {
             let (first, last) = (first.parse().ok()?, last.parse().ok()?);
-            (first <= last).then_some((first, last))
+            (first <= last).then_some((first, last, true))
         }
     }
 }

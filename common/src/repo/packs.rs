@@ -1,0 +1,482 @@
+//! The repository's packs over time. Each write group's pack is written
+//! durably by [`Packs::write`]; a background thread then folds every
+//! [`FOLD_AFTER`] of them into one pack whose trees are deltas against their
+//! previous versions ([`pack::fold`]), and merges packs geometrically (as
+//! `git repack --geometric=2` would) so that their number stays logarithmic
+//! in the repository's size. A merge copies entries as they are stored: no
+//! inflating, no delta search, no walk of history.
+//!
+//! Readers (gix) re-read the pack directory on a miss and retry when a pack
+//! they knew has gone, so packs can be replaced under them. A pack is
+//! deleted only after the pack that holds its objects is durable.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use super::pack::{self, OFS_DELTA, PackBuilder, PackWriter};
+use super::{RepoError, io_err};
+
+/// A group pack written: its path, and its contents for folding.
+type Written = (PathBuf, PackBuilder);
+
+/// How many group packs are folded into one.
+pub const FOLD_AFTER: usize = 32;
+/// Bytes of group packs (and their trees) held for folding at most: large
+/// flat directories make large trees.
+const FOLD_MEMORY: usize = 32 << 20;
+/// Group packs written and waiting for the folder at most; the writer waits
+/// beyond (backpressure).
+const FOLD_QUEUE: usize = 16;
+/// A pack is merged with the smaller ones when it is less than this many
+/// times as large as all of them together.
+const GEOMETRIC_FACTOR: u64 = 2;
+
+pub struct Packs {
+    pack_dir: PathBuf,
+    bytes_written: AtomicU64,
+    /// Group packs written and not folded yet: merges leave them alone.
+    unfolded: Arc<Mutex<HashSet<PathBuf>>>,
+    folder: Option<(SyncSender<Written>, std::thread::JoinHandle<()>)>,
+}
+
+impl Packs {
+    pub(super) fn new(git_dir: &Path) -> Self {
+        let pack_dir = git_dir.join("objects").join("pack");
+        let (to_folder, written) = std::sync::mpsc::sync_channel(FOLD_QUEUE);
+        let unfolded = Arc::new(Mutex::new(HashSet::new()));
+        let folder = {
+            let (pack_dir, unfolded) = (pack_dir.clone(), unfolded.clone());
+            std::thread::Builder::new()
+                .name("gitcd-fold".into())
+                .spawn(move || Folder::new(pack_dir, unfolded).run(written))
+        };
+        let folder = match folder {
+            Ok(thread) => Some((to_folder, thread)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the thread that folds packs; packs accumulate");
+                None
+            }
+        };
+        Self {
+            pack_dir,
+            bytes_written: AtomicU64::new(0),
+            unfolded,
+            folder,
+        }
+    }
+
+    /// Total bytes of pack data written by [`Packs::write`].
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Writes `pack` durably; its objects are then visible to readers.
+    pub fn write(&self, mut pack: PackBuilder) -> Result<(), RepoError> {
+        if pack.is_empty() {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.pack_dir).map_err(io_err(&self.pack_dir))?;
+        let path = pack.finish(&self.pack_dir)?;
+        self.bytes_written.fetch_add(pack.len() as u64, Ordering::Relaxed);
+        if let Some((to_folder, _)) = &self.folder {
+            self.unfolded
+                .lock()
+                .expect("pack set lock is never poisoned")
+                .insert(path.clone());
+            // A folder that died leaves the packs as they are.
+            let _ = to_folder.send((path, pack));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Packs {
+    fn drop(&mut self) {
+        // Let the folder finish the fold or merge it is making.
+        if let Some((to_folder, thread)) = self.folder.take() {
+            drop(to_folder);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The thread that folds group packs and merges packs.
+struct Folder {
+    pack_dir: PathBuf,
+    unfolded: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Group packs written since the last fold, oldest first.
+    waiting: Vec<Written>,
+    /// The merge running, if any: packs it merges are not picked again.
+    merge: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Folder {
+    fn new(pack_dir: PathBuf, unfolded: Arc<Mutex<HashSet<PathBuf>>>) -> Self {
+        Self {
+            pack_dir,
+            unfolded,
+            waiting: Vec::new(),
+            merge: None,
+        }
+    }
+
+    fn run(mut self, written: Receiver<Written>) {
+        for group in written {
+            self.waiting.push(group);
+            let memory: usize = self.waiting.iter().map(|(_, p)| p.memory()).sum();
+            if self.waiting.len() >= FOLD_AFTER || memory >= FOLD_MEMORY {
+                self.fold();
+                self.start_merge();
+            }
+        }
+        if let Some(merge) = self.merge.take() {
+            let _ = merge.join();
+        }
+    }
+
+    /// Writes the waiting group packs as one, then deletes them. A failure
+    /// leaves them for a later merge.
+    fn fold(&mut self) {
+        let (paths, packs): (Vec<PathBuf>, Vec<PackBuilder>) = std::mem::take(&mut self.waiting).into_iter().unzip();
+        let mut folded = pack::fold(&packs);
+        drop(packs);
+        if let Err(e) = folded.finish(&self.pack_dir) {
+            tracing::warn!(error = %e, "cannot write a folded pack; keeping the packs it folds");
+            return;
+        }
+        let mut unfolded = self.unfolded.lock().expect("pack set lock is never poisoned");
+        for pack in paths {
+            remove_pack(&pack);
+            unfolded.remove(&pack);
+        }
+    }
+
+    /// Starts merging packs on another thread, unless a merge is running.
+    fn start_merge(&mut self) {
+        if self.merge.as_ref().is_some_and(|m| !m.is_finished()) {
+            return;
+        }
+        if let Some(done) = self.merge.take() {
+            let _ = done.join();
+        }
+        let unfolded = self.unfolded.lock().expect("pack set lock is never poisoned").clone();
+        let picked = match pick_merge(&self.pack_dir, &unfolded) {
+            Ok(picked) if picked.len() >= 2 => picked,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list packs to merge");
+                return;
+            }
+        };
+        let pack_dir = self.pack_dir.clone();
+        let spawned = std::thread::Builder::new().name("gitcd-merge".into()).spawn(move || {
+            if let Err(e) = merge(&pack_dir, &picked) {
+                tracing::warn!(error = %e, packs = picked.len(), "cannot merge packs; they stay as they are");
+            }
+        });
+        match spawned {
+            Ok(thread) => self.merge = Some(thread),
+            Err(e) => tracing::warn!(error = %e, "cannot start a pack merge"),
+        }
+    }
+}
+
+/// The packs to merge so that every pack left is at least
+/// [`GEOMETRIC_FACTOR`] times as large as all smaller ones together:
+/// the smallest packs, up to the largest one that breaks that rule. Group
+/// packs not folded yet are the folder's; packs marked `.keep` or
+/// `.promisor`, and every pack while a multi-pack index exists, are left to
+/// Git's own maintenance.
+fn pick_merge(pack_dir: &Path, unfolded: &HashSet<PathBuf>) -> Result<Vec<PathBuf>, RepoError> {
+    if pack_dir.join("multi-pack-index").exists() {
+        return Ok(Vec::new());
+    }
+    let mut packs = Vec::new();
+    for entry in fs::read_dir(pack_dir).map_err(io_err(pack_dir))? {
+        let path = entry.map_err(io_err(pack_dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !(name.starts_with("pack-") && name.ends_with(".pack"))
+            || unfolded.contains(&path)
+            || path.with_extension("keep").exists()
+            || path.with_extension("promisor").exists()
+            || !path.with_extension("idx").exists()
+        {
+            continue;
+        }
+        // A pack deleted meanwhile is simply not picked.
+        if let Ok(meta) = fs::metadata(&path) {
+            packs.push((meta.len(), path));
+        }
+    }
+    packs.sort();
+    let mut smaller = 0;
+    let mut cut = 0;
+    for (i, (size, _)) in packs.iter().enumerate() {
+        if i > 0 && *size < GEOMETRIC_FACTOR * smaller {
+            cut = i + 1;
+        }
+        smaller += size;
+    }
+    Ok(packs.into_iter().take(cut).map(|(_, p)| p).collect())
+}
+
+/// Merges `packs` into one pack, then deletes them. Entries are copied as
+/// stored; a delta's offset to its base is rewritten for its new place, and
+/// an object found in an earlier pack is copied once.
+fn merge(pack_dir: &Path, packs: &[PathBuf]) -> Result<(), RepoError> {
+    let indexes = packs
+        .iter()
+        .map(|p| pack::read_index(&p.with_extension("idx")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let unique: HashSet<gix::ObjectId> = indexes.iter().flatten().map(|e| e.id).collect();
+    let count = u32::try_from(unique.len()).expect("a pack holds fewer than 2^32 objects");
+    let mut out = PackWriter::create(pack_dir, count)?;
+    // Where each object went in the merged pack.
+    let mut placed: HashMap<gix::ObjectId, u64> = HashMap::with_capacity(unique.len());
+    for (path, mut index) in packs.iter().zip(indexes) {
+        let corrupt = |m: String| RepoError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, m),
+        };
+        let file = fs::File::open(path).map_err(io_err(path))?;
+        let size = file.metadata().map_err(io_err(path))?.len();
+        if size < 32 {
+            return Err(corrupt("too short to be a pack".into()));
+        }
+        // Entries are read in order, one after the other: they lie between
+        // the 12-byte header and the 20-byte checksum.
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        reader.seek_relative(12).map_err(io_err(path))?;
+        index.sort_by_key(|e| e.offset);
+        let end_of_entries = size - 20;
+        // This pack's offsets: where each entry's object went.
+        let mut moved: HashMap<u64, u64> = HashMap::with_capacity(index.len());
+        let mut bytes = Vec::new();
+        let mut read_to = 12;
+        for (i, e) in index.iter().enumerate() {
+            let end = index.get(i + 1).map_or(end_of_entries, |n| n.offset);
+            if e.offset != read_to || end < e.offset {
+                return Err(corrupt(format!("entry at {} is not where the index says", e.offset)));
+            }
+            bytes.resize((end - e.offset) as usize, 0);
+            reader.read_exact(&mut bytes).map_err(io_err(path))?;
+            read_to = end;
+            if let Some(&at) = placed.get(&e.id) {
+                moved.insert(e.offset, at);
+                continue;
+            }
+            let at = out.offset();
+            let header = bytes.iter().position(|b| b & 0x80 == 0).map(|p| p + 1);
+            let header = header
+                .filter(|h| *h < bytes.len())
+                .ok_or_else(|| corrupt(format!("bad entry header at {}", e.offset)))?;
+            if (bytes[0] >> 4) & 7 == OFS_DELTA {
+                let (distance, len) = read_distance(&bytes[header..])
+                    .ok_or_else(|| corrupt(format!("bad delta base offset at {}", e.offset)))?;
+                let base = e
+                    .offset
+                    .checked_sub(distance)
+                    .and_then(|b| moved.get(&b))
+                    .ok_or_else(|| corrupt(format!("delta at {} has no base before it", e.offset)))?;
+                let distance = pack::encode_distance(at - base);
+                out.entry(e.id, &[&bytes[..header], &distance, &bytes[header + len..]], None)?;
+            } else {
+                out.entry(e.id, &[&bytes], Some(e.crc))?;
+            }
+            moved.insert(e.offset, at);
+            placed.insert(e.id, at);
+        }
+    }
+    out.finish()?;
+    for pack in packs {
+        remove_pack(pack);
+    }
+    Ok(())
+}
+
+/// A delta's distance back to its base, as stored: 7 bits a byte, most
+/// significant first, each continuation adding one. With the bytes it took.
+fn read_distance(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = u64::from(*bytes.first()? & 0x7f);
+    let mut len = 1;
+    while bytes[len - 1] & 0x80 != 0 {
+        let b = *bytes.get(len)?;
+        value = ((value + 1) << 7) | u64::from(b & 0x7f);
+        len += 1;
+    }
+    Some((value, len))
+}
+
+/// Deletes a pack: its index first (readers find objects through it), then
+/// the pack and what Git keeps beside it.
+fn remove_pack(pack: &Path) {
+    let _ = fs::remove_file(pack.with_extension("idx"));
+    let _ = fs::remove_file(pack);
+    for extra in ["rev", "bitmap"] {
+        let _ = fs::remove_file(pack.with_extension(extra));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::super::{Kind, Repo, object_id};
+    use super::*;
+
+    fn git(args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("git").args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    fn packs_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let mut packs: Vec<PathBuf> = fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+            .collect();
+        packs.sort();
+        Ok(packs)
+    }
+
+    /// A pack made by git (with its own deltas), a folded pack and a group
+    /// pack, sharing objects, merge into one pack that git checks and reads.
+    #[test]
+    fn merged_packs_keep_every_object() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let work = dir.path().join("work");
+        let w = work.to_str().expect("a UTF-8 temp path");
+        git(&["init", "-q", w])?;
+        for i in 0..30 {
+            let lines: String = (0..200).map(|l| format!("line {l} {}\n", l * i % 7)).collect();
+            fs::write(work.join("file"), lines)?;
+            git(&["-C", w, "add", "file"])?;
+            git(&[
+                "-C",
+                w,
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-qm",
+                &format!("c{i}"),
+            ])?;
+        }
+        git(&["-C", w, "repack", "-adfq"])?;
+        let git_dir = work.join(".git");
+        let pack_dir = git_dir.join("objects/pack");
+        let repo = Repo::open(&work)?;
+
+        // Our objects: a blob git already has, and a tree in versions.
+        let mut objects = Vec::new();
+        let file = git(&["-C", w, "cat-file", "blob", "HEAD:file"])?.into_bytes();
+        let mut groups = Vec::new();
+        let mut entries = Vec::new();
+        let mut previous = None;
+        for g in 0..5u8 {
+            let mut pack = PackBuilder::default();
+            let blob = if g == 0 { file.clone() } else { vec![g; 100] };
+            let blob_id = object_id(Kind::Blob, &blob);
+            pack.add(blob_id, Kind::Blob, &blob);
+            for i in 0..30u8 {
+                entries.extend_from_slice(format!("100644 g{g}-{i:02}\0").as_bytes());
+                entries.extend_from_slice(blob_id.as_bytes());
+            }
+            let tree = object_id(Kind::Tree, &entries);
+            pack.add_tree(tree, entries.clone(), previous);
+            previous = Some(tree);
+            objects.push((blob_id, "blob", blob));
+            objects.push((tree, "tree", entries.clone()));
+            pack.finish(&pack_dir)?;
+            groups.push(pack);
+        }
+        let mut folded = pack::fold(&groups[..4]);
+        folded.finish(&pack_dir)?;
+        let packs = packs_in(&pack_dir)?;
+        assert_eq!(packs.len(), 7, "git's, five groups and the fold: {packs:?}");
+        let total: usize = packs
+            .iter()
+            .map(|p| pack::read_index(&p.with_extension("idx")).map(|i| i.len()))
+            .sum::<Result<_, _>>()?;
+
+        merge(&pack_dir, &packs)?;
+        let merged = packs_in(&pack_dir)?;
+        assert_eq!(merged.len(), 1, "{merged:?}");
+        let index = pack::read_index(&merged[0].with_extension("idx"))?;
+        assert!(
+            index.len() < total,
+            "duplicates are kept once: {} of {total}",
+            index.len()
+        );
+        let verified = git(&[
+            "--git-dir",
+            git_dir.to_str().expect("UTF-8"),
+            "verify-pack",
+            "-v",
+            &merged[0].with_extension("idx").display().to_string(),
+        ])?;
+        assert!(verified.contains("chain length = 1:"), "deltas survive: {verified}");
+        git(&["-C", w, "fsck", "--strict", "--no-dangling"])?;
+        for (id, kind, content) in &objects {
+            let out = Command::new("git")
+                .args(["-C", w, "cat-file", kind, &id.to_string()])
+                .output()?;
+            assert_eq!(&out.stdout, content, "{kind} {id}");
+            assert_eq!(
+                &repo
+                    .local()
+                    .read(*id, Kind::Blob)
+                    .or_else(|_| repo.local().read(*id, Kind::Tree))?,
+                content
+            );
+        }
+        Ok(())
+    }
+
+    /// Packs are merged from the smallest up to the largest one that is
+    /// less than twice all smaller ones together; unfolded packs stay.
+    #[test]
+    fn geometric_pick() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let pick = |sizes: &[usize], unfolded: &[usize]| -> anyhow::Result<Vec<usize>> {
+            for e in fs::read_dir(dir.path())? {
+                fs::remove_file(e?.path())?;
+            }
+            let mut skip = HashSet::new();
+            for (i, size) in sizes.iter().enumerate() {
+                let pack = dir.path().join(format!("pack-{i:040}.pack"));
+                fs::write(&pack, vec![0; *size])?;
+                fs::write(pack.with_extension("idx"), b"")?;
+                if unfolded.contains(&i) {
+                    skip.insert(pack);
+                }
+            }
+            Ok(pick_merge(dir.path(), &skip)?
+                .iter()
+                .map(|p| {
+                    sizes
+                        .iter()
+                        .position(|s| fs::metadata(p).map(|m| m.len()).ok() == Some(*s as u64))
+                        .expect("a size")
+                })
+                .collect())
+        };
+        assert_eq!(pick(&[1000, 400, 10, 15], &[])?, vec![2, 3]);
+        assert_eq!(pick(&[1000, 100, 10, 30], &[])?, Vec::<usize>::new());
+        assert_eq!(pick(&[1000, 900, 10, 30], &[])?, vec![2, 3, 1, 0]);
+        assert_eq!(pick(&[1000, 400, 10, 15, 12], &[2])?, vec![4, 3]);
+        Ok(())
+    }
+}
