@@ -208,7 +208,7 @@ async fn grouped_commits_keep_every_revision_exact() -> Result<()> {
     }
     // One at a time: a commit, and a pack, each.
     let mut client = gitcd.client().await?;
-    for i in 0..70 {
+    for i in 0..150 {
         let put = PutRequest {
             key: Bytes::from_static(b"/s/seq"),
             value: Bytes::from(format!("{i}")),
@@ -226,21 +226,21 @@ async fn grouped_commits_keep_every_revision_exact() -> Result<()> {
             "refs/gitcd/metadata/refs/heads/main",
         ],
     )?;
-    ensure!(log.lines().count() == 151, "150 writes and the first commit:\n{log}");
+    ensure!(log.lines().count() == 231, "230 writes and the first commit:\n{log}");
     ensure!(
         !log.contains('-'),
         "a commit grouped revisions with --max-commit-revisions=1"
     );
 
-    // Each group was one pack (151 of them); every 32 are folded into one
-    // whose trees are deltas, and folded packs merge geometrically, so few
+    // Each group was one pack (over 150 of them); every 128 are folded into
+    // one whose trees are deltas, and folded packs merge geometrically: fewer
     // remain, and they hold deltas.
     let packs: Vec<_> = std::fs::read_dir(strict.join("objects/pack"))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "idx"))
         .collect();
-    ensure!(packs.len() < 40, "{} packs after 151 groups", packs.len());
+    ensure!(packs.len() < 128, "{} packs after over 150 groups", packs.len());
     let mut deltas = false;
     for idx in &packs {
         // A pack merged away meanwhile is not looked at.

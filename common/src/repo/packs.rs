@@ -25,10 +25,10 @@ use super::{RepoError, io_err};
 type Written = (PathBuf, PackBuilder);
 
 /// How many group packs are folded into one.
-pub const FOLD_AFTER: usize = 32;
+pub const FOLD_AFTER: usize = 128;
 /// Bytes of group packs (and their trees) held for folding at most: large
 /// flat directories make large trees.
-const FOLD_MEMORY: usize = 32 << 20;
+const FOLD_MEMORY: usize = 64 << 20;
 /// Group packs written and waiting for the folder at most; the writer waits
 /// beyond (backpressure).
 const FOLD_QUEUE: usize = 16;
