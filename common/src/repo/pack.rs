@@ -43,6 +43,8 @@ struct Tree {
 
 const HEADER_LEN: usize = 12;
 pub const OFS_DELTA: u8 = 6;
+/// Largest tree a group's pack stores without compression.
+const MAX_STORED_TREE: usize = 1 << 20;
 /// Longest chain of deltas [`fold`] makes: reading a tree applies at most
 /// this many.
 const MAX_DELTA_DEPTH: u32 = 16;
@@ -94,11 +96,24 @@ impl PackBuilder {
 
     /// Appends tree `id`, keeping its content and the id of the tree it
     /// replaces for [`fold`].
+    ///
+    /// Trees up to [`MAX_STORED_TREE`] are stored, not deflated: they are
+    /// mostly object ids, which compress little, and a group rewrites every
+    /// tree on its paths; [`fold`] deflates the ones it keeps whole. Larger
+    /// ones (flat directories of thousands of entries) are deflated here,
+    /// where the bytes written and fsynced count more.
     pub fn add_tree(&mut self, id: ObjectId, content: Vec<u8>, previous: Option<ObjectId>) {
-        if self.ids.contains(&id) {
+        if !self.ids.insert(id) {
             return;
         }
-        self.add(id, Kind::Tree, &content);
+        let offset = self.data.len();
+        push_header(&mut self.data, 2, content.len());
+        if content.len() <= MAX_STORED_TREE {
+            push_stored(&mut self.data, &content);
+        } else {
+            self.deflate_in(&content);
+        }
+        self.push_entry(id, offset, None);
         self.tree_bytes += content.len();
         self.entries.last_mut().expect("just added").tree = Some(Tree { content, previous });
     }
@@ -353,6 +368,41 @@ impl PackWriter {
     }
 }
 
+/// `data` as a zlib stream of stored (uncompressed) blocks: no compression
+/// work, only a checksum.
+fn push_stored(out: &mut Vec<u8>, data: &[u8]) {
+    out.reserve(data.len() + data.len() / 65_535 * 5 + 11);
+    out.extend_from_slice(&[0x78, 0x01]);
+    let mut blocks = data.chunks(0xffff).peekable();
+    if blocks.peek().is_none() {
+        out.extend_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff]);
+    }
+    while let Some(block) = blocks.next() {
+        out.push(u8::from(blocks.peek().is_none()));
+        let len = block.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    out.extend_from_slice(&adler32(data).to_be_bytes());
+}
+
+/// zlib's checksum.
+fn adler32(data: &[u8]) -> u32 {
+    const MOD: u32 = 65_521;
+    let (mut a, mut b) = (1u32, 0u32);
+    // 5,552 bytes is the most that can be summed before `b` could overflow.
+    for chunk in data.chunks(5_552) {
+        for &byte in chunk {
+            a += u32::from(byte);
+            b += a;
+        }
+        a %= MOD;
+        b %= MOD;
+    }
+    (b << 16) | a
+}
+
 /// A delta's distance back to its base, as stored: 7 bits a byte, most
 /// significant first, each continuation byte standing for one more than it
 /// says.
@@ -383,9 +433,9 @@ fn push_header(out: &mut Vec<u8>, type_bits: u8, size: usize) {
 }
 
 /// Folds packs written by [`PackBuilder::finish`] (oldest first) into one:
-/// objects are copied as they are stored, except that a tree whose previous
-/// version is in the fold becomes a delta against it (at most
-/// [`MAX_DELTA_DEPTH`] in a row). Groups rewrite the trees along every path
+/// objects are copied as they are stored, except trees: a tree whose
+/// previous version is in the fold becomes a delta against it (at most
+/// [`MAX_DELTA_DEPTH`] in a row), and the stored ones are deflated. Groups rewrite the trees along every path
 /// they change, so most of their bytes are trees that differ in a few
 /// entries from a tree of the group before.
 pub fn fold(packs: &[PackBuilder]) -> PackBuilder {
@@ -408,12 +458,13 @@ pub fn fold(packs: &[PackBuilder]) -> PackBuilder {
                 let delta = delta::tree_delta(content, &t.content);
                 (delta.len() < t.content.len() / 2).then_some((at, delta, d))
             });
-            match delta {
-                Some((at, delta, d)) => {
+            match (delta, &e.tree) {
+                (Some((at, delta, d)), _) => {
                     out.add_delta(e.id, at, &delta);
                     depth = d + 1;
                 }
-                None => out.add_copy(e.id, &pack.data[e.offset as usize..e.end as usize], e.crc),
+                (None, Some(t)) if t.content.len() <= MAX_STORED_TREE => out.add(e.id, Kind::Tree, &t.content),
+                _ => out.add_copy(e.id, &pack.data[e.offset as usize..e.end as usize], e.crc),
             }
             if let Some(t) = &e.tree {
                 trees.insert(e.id, (offset, &t.content, depth));
@@ -477,6 +528,17 @@ mod tests {
             ids.push(w.write(Kind::Blob, b)?);
         }
         ids.push(w.write(Kind::Blob, b"hello\n")?);
+        // Trees are stored without compression: an empty one, and one
+        // larger than a stored block (64 KiB).
+        let mut trees = vec![Vec::new(), Vec::new()];
+        for i in 0..3_000 {
+            trees[1].extend_from_slice(format!("100644 f{i:05}\0").as_bytes());
+            trees[1].extend_from_slice(ids[1].as_bytes());
+        }
+        let tree_ids = trees
+            .iter()
+            .map(|t| w.write_tree(t.clone(), None))
+            .collect::<Result<Vec<_>, _>>()?;
         w.sync()?;
         w.write(Kind::Blob, b"never synced")?;
         w.discard();
@@ -492,7 +554,7 @@ mod tests {
             .find(|p| p.extension().is_some_and(|e| e == "idx"))
             .expect("an index");
         let verified = git(repo.git_dir(), &["verify-pack", "-v", &idx.display().to_string()])?;
-        assert!(verified.contains("non delta: 4 objects"), "{verified}");
+        assert!(verified.contains("non delta: 6 objects"), "{verified}");
         for (id, blob) in ids.iter().zip(&blobs) {
             let out = Command::new("git")
                 .arg("--git-dir")
@@ -502,6 +564,16 @@ mod tests {
             assert!(out.status.success());
             assert_eq!(&out.stdout, blob);
             assert_eq!(&repo.local().read(*id, Kind::Blob)?, blob);
+        }
+        for (id, tree) in tree_ids.iter().zip(&trees) {
+            let out = Command::new("git")
+                .arg("--git-dir")
+                .arg(repo.git_dir())
+                .args(["cat-file", "tree", &id.to_string()])
+                .output()?;
+            assert!(out.status.success());
+            assert_eq!(&out.stdout, tree);
+            assert_eq!(&repo.local().read(*id, Kind::Tree)?, tree);
         }
         git(repo.git_dir(), &["fsck", "--strict", "--no-dangling"])?;
         Ok(())
