@@ -117,7 +117,7 @@ impl Repo {
     /// Opens an existing repository (bare or not).
     pub fn open(path: &Path) -> Result<Self, RepoError> {
         // Index slots are fixed at open: leave room for the packs written
-        // while serving, between background repacks.
+        // while serving, between folds and merges.
         let opts =
             gix::open::Options::isolated().object_store_slots(gix::odb::store::init::Slots::AsNeededByDiskState {
                 multiplier: 2.0,
