@@ -126,6 +126,7 @@ impl Folder {
     }
 
     fn run(mut self, written: Receiver<Written>) {
+        remove_stale_temporaries(&self.pack_dir, STALE_TEMPORARY);
         for group in written {
             self.waiting.push(group);
             let memory: usize = self.waiting.iter().map(|(_, p)| p.memory()).sum();
@@ -312,6 +313,36 @@ fn read_distance(bytes: &[u8]) -> Option<(u64, usize)> {
     Some((value, len))
 }
 
+/// How old a temporary pack file of ours must be to count as left by a
+/// crash: packs are written in well under this.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Deletes the temporary files (`tmp_<number>.pack` and `.idx`, our naming;
+/// git names its own `tmp_pack_*`) that a crash while writing a pack left,
+/// once older than `age`.
+fn remove_stale_temporaries(pack_dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = fs::read_dir(pack_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("tmp_"))
+            .and_then(|n| n.strip_suffix(".pack").or_else(|| n.strip_suffix(".idx")))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= age));
+        if ours && old {
+            tracing::info!(file = %path.display(), "removing a temporary pack file left by an interrupted write");
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
 /// Deletes a pack: its index first (readers find objects through it), then
 /// the pack and what Git keeps beside it.
 fn remove_pack(pack: &Path) {
@@ -442,6 +473,31 @@ mod tests {
                 content
             );
         }
+        Ok(())
+    }
+
+    /// Temporary files of ours left by a crash go; git's, and fresh ones, stay.
+    #[test]
+    fn stale_temporaries_are_removed() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let names = [
+            "tmp_123.pack",
+            "tmp_123.idx",
+            "tmp_pack_abc",
+            "tmp_.pack",
+            "pack-1.pack",
+        ];
+        for n in names {
+            fs::write(dir.path().join(n), b"x")?;
+        }
+        remove_stale_temporaries(dir.path(), std::time::Duration::from_secs(3600));
+        assert_eq!(fs::read_dir(dir.path())?.count(), 5, "nothing is an hour old yet");
+        remove_stale_temporaries(dir.path(), std::time::Duration::ZERO);
+        let mut left: Vec<String> = fs::read_dir(dir.path())?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        left.sort();
+        assert_eq!(left, ["pack-1.pack", "tmp_.pack", "tmp_pack_abc"]);
         Ok(())
     }
 
