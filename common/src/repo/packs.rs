@@ -14,8 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use super::pack::{self, OFS_DELTA, PackBuilder, PackWriter};
@@ -29,9 +30,10 @@ pub const FOLD_AFTER: usize = 128;
 /// Bytes of group packs (and their trees) held for folding at most: large
 /// flat directories make large trees.
 const FOLD_MEMORY: usize = 64 << 20;
-/// Group packs written and waiting for the folder at most; the writer waits
-/// beyond (backpressure).
-const FOLD_QUEUE: usize = 16;
+/// Bytes of group packs written and waiting for the folder at most; the
+/// writer waits beyond (backpressure). A fold takes a fraction of a second,
+/// and the groups written meanwhile must not make the writer wait.
+const FOLD_QUEUE_MEMORY: usize = 64 << 20;
 /// A pack is merged with the smaller ones when it is less than this many
 /// times as large as all of them together.
 const GEOMETRIC_FACTOR: u64 = 2;
@@ -41,19 +43,22 @@ pub struct Packs {
     bytes_written: AtomicU64,
     /// Group packs written and not folded yet: merges leave them alone.
     unfolded: Arc<Mutex<HashSet<PathBuf>>>,
-    folder: Option<(SyncSender<Written>, std::thread::JoinHandle<()>)>,
+    /// Bytes sent to the folder and not yet taken.
+    queued: Arc<AtomicUsize>,
+    folder: Option<(Sender<Written>, std::thread::JoinHandle<()>)>,
 }
 
 impl Packs {
     pub(super) fn new(git_dir: &Path) -> Self {
         let pack_dir = git_dir.join("objects").join("pack");
-        let (to_folder, written) = std::sync::mpsc::sync_channel(FOLD_QUEUE);
+        let (to_folder, written) = std::sync::mpsc::channel();
         let unfolded = Arc::new(Mutex::new(HashSet::new()));
+        let queued = Arc::new(AtomicUsize::new(0));
         let folder = {
-            let (pack_dir, unfolded) = (pack_dir.clone(), unfolded.clone());
+            let (pack_dir, unfolded, queued) = (pack_dir.clone(), unfolded.clone(), queued.clone());
             std::thread::Builder::new()
                 .name("gitcd-fold".into())
-                .spawn(move || Folder::new(pack_dir, unfolded).run(written))
+                .spawn(move || Folder::new(pack_dir, unfolded).run(written, &queued))
         };
         let folder = match folder {
             Ok(thread) => Some((to_folder, thread)),
@@ -66,6 +71,7 @@ impl Packs {
             pack_dir,
             bytes_written: AtomicU64::new(0),
             unfolded,
+            queued,
             folder,
         }
     }
@@ -83,13 +89,17 @@ impl Packs {
         fs::create_dir_all(&self.pack_dir).map_err(io_err(&self.pack_dir))?;
         let path = pack.finish(&self.pack_dir)?;
         self.bytes_written.fetch_add(pack.len() as u64, Ordering::Relaxed);
-        if let Some((to_folder, _)) = &self.folder {
+        if let Some((to_folder, thread)) = &self.folder {
             self.unfolded
                 .lock()
                 .expect("pack set lock is never poisoned")
                 .insert(path.clone());
+            self.queued.fetch_add(pack.memory(), Ordering::Relaxed);
             // A folder that died leaves the packs as they are.
             let _ = to_folder.send((path, pack));
+            while self.queued.load(Ordering::Relaxed) > FOLD_QUEUE_MEMORY && !thread.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
         Ok(())
     }
@@ -125,9 +135,10 @@ impl Folder {
         }
     }
 
-    fn run(mut self, written: Receiver<Written>) {
+    fn run(mut self, written: Receiver<Written>, queued: &AtomicUsize) {
         remove_stale_temporaries(&self.pack_dir, STALE_TEMPORARY);
         for group in written {
+            queued.fetch_sub(group.1.memory(), Ordering::Relaxed);
             self.waiting.push(group);
             let memory: usize = self.waiting.iter().map(|(_, p)| p.memory()).sum();
             if self.waiting.len() >= FOLD_AFTER || memory >= FOLD_MEMORY {
