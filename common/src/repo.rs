@@ -16,13 +16,11 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use gix::ObjectId;
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 
-pub use pack::PackBuilder;
-pub use packs::Packs;
+use pack::PackBuilder;
 pub use tree::TreeNode;
 
 /// Errors from the Git layer. Each names what was being done and where.
@@ -354,7 +352,7 @@ impl LocalRepo {
 /// at it before.
 pub struct ObjectWriter {
     pending: PackBuilder,
-    packs: Arc<Packs>,
+    packs: packs::Packs,
 }
 
 /// Pack bytes held in memory before they are written out unasked.
@@ -364,13 +362,13 @@ impl ObjectWriter {
     pub fn new(git_dir: &Path) -> Self {
         Self {
             pending: PackBuilder::default(),
-            packs: Arc::new(Packs::new(git_dir)),
+            packs: packs::Packs::new(git_dir),
         }
     }
 
-    /// Where this writer's packs go; shareable with other threads.
-    pub fn packs(&self) -> &Arc<Packs> {
-        &self.packs
+    /// Total bytes of pack data written.
+    pub fn bytes_written(&self) -> u64 {
+        self.packs.bytes_written()
     }
 
     /// Whether objects await [`ObjectWriter::sync`].
@@ -407,13 +405,7 @@ impl ObjectWriter {
 
     /// Makes every object written so far durable and visible, as one pack.
     pub fn sync(&mut self) -> Result<(), RepoError> {
-        let pack = self.take();
-        self.packs.write(pack)
-    }
-
-    /// Hands over the objects written so far, for [`Packs::write`].
-    pub fn take(&mut self) -> PackBuilder {
-        std::mem::take(&mut self.pending)
+        self.packs.write(std::mem::take(&mut self.pending))
     }
 
     /// Drops objects not yet synced (a failed group).
@@ -526,4 +518,27 @@ pub fn dir_size(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// Git itself, to check what gitcd writes.
+#[cfg(test)]
+mod git_cli {
+    use std::process::Command;
+
+    /// Runs `git` with `args`: its output, or an error with what it said.
+    pub fn run(args: &[&str]) -> anyhow::Result<Vec<u8>> {
+        let out = Command::new("git").args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.stdout)
+    }
+
+    /// Object `id` of `kind` as git reads it from repository `git_dir`.
+    pub fn cat_file(git_dir: &std::path::Path, kind: &str, id: gix::ObjectId) -> anyhow::Result<Vec<u8>> {
+        let dir = git_dir.to_str().expect("test paths are UTF-8");
+        run(&["--git-dir", dir, "cat-file", kind, &id.to_string()])
+    }
 }

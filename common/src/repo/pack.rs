@@ -176,17 +176,8 @@ impl PackBuilder {
         let checksum = sha1_of(&self.data);
         let index = self.index(&checksum);
         self.data.extend_from_slice(&checksum);
-
-        let name = format!("pack-{}", hex(&checksum));
-        let pack = pack_dir.join(format!("{name}.pack"));
-        let idx = pack_dir.join(format!("{name}.idx"));
         let tmp_pack = write_synced(pack_dir, "pack", &self.data)?;
-        let tmp_idx = write_synced(pack_dir, "idx", &index)?;
-        // The index last: readers find packs by their index.
-        fs::rename(&tmp_pack, &pack).map_err(io_err(&pack))?;
-        fs::rename(&tmp_idx, &idx).map_err(io_err(&idx))?;
-        sync_dir(pack_dir)?;
-        Ok(pack)
+        install(pack_dir, &tmp_pack, &index, &checksum)
     }
 
     /// The version 2 index of the pack whose checksum is `checksum`.
@@ -357,15 +348,22 @@ impl PackWriter {
         })?;
         file.sync_all().map_err(io_err(&self.tmp))?;
         let index = write_index(&mut self.entries, &checksum);
-        let name = format!("pack-{}", hex(&checksum));
-        let pack = self.dir.join(format!("{name}.pack"));
-        let idx = self.dir.join(format!("{name}.idx"));
-        let tmp_idx = write_synced(&self.dir, "idx", &index)?;
-        fs::rename(&self.tmp, &pack).map_err(io_err(&pack))?;
-        fs::rename(&tmp_idx, &idx).map_err(io_err(&idx))?;
-        sync_dir(&self.dir)?;
-        Ok(pack)
+        install(&self.dir, &self.tmp, &index, &checksum)
     }
+}
+
+/// Puts a pack written and fsynced at `tmp_pack` into `pack_dir` under its
+/// name, with its index `index` (written and fsynced first), and fsyncs the
+/// directory. The index is renamed last: readers find packs by their index.
+fn install(pack_dir: &Path, tmp_pack: &Path, index: &[u8], checksum: &[u8]) -> Result<PathBuf, RepoError> {
+    let name = format!("pack-{}", hex(checksum));
+    let pack = pack_dir.join(format!("{name}.pack"));
+    let idx = pack_dir.join(format!("{name}.idx"));
+    let tmp_idx = write_synced(pack_dir, "idx", index)?;
+    fs::rename(tmp_pack, &pack).map_err(io_err(&pack))?;
+    fs::rename(&tmp_idx, &idx).map_err(io_err(&idx))?;
+    sync_dir(pack_dir)?;
+    Ok(pack)
 }
 
 /// `data` as a zlib stream of stored (uncompressed) blocks: no compression
@@ -435,9 +433,9 @@ fn push_header(out: &mut Vec<u8>, type_bits: u8, size: usize) {
 /// Folds packs written by [`PackBuilder::finish`] (oldest first) into one:
 /// objects are copied as they are stored, except trees: a tree whose
 /// previous version is in the fold becomes a delta against it (at most
-/// [`MAX_DELTA_DEPTH`] in a row), and the stored ones are deflated. Groups rewrite the trees along every path
-/// they change, so most of their bytes are trees that differ in a few
-/// entries from a tree of the group before.
+/// [`MAX_DELTA_DEPTH`] in a row), and the stored ones are deflated. Groups
+/// rewrite the trees along every path they change, so most of their bytes
+/// are trees that differ in a few entries from a tree of the group before.
 pub fn fold(packs: &[PackBuilder]) -> PackBuilder {
     let mut out = PackBuilder::default();
     // Each tree placed: its offset in `out`, content and delta depth.
@@ -498,18 +496,12 @@ fn write_synced(dir: &Path, suffix: &str, data: &[u8]) -> Result<PathBuf, RepoEr
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
+    use super::super::git_cli::{cat_file, run};
     use super::super::{Kind, ObjectWriter, Repo};
 
     fn git(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("git").arg("--git-dir").arg(dir).args(args).output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
+        let dir = dir.to_str().expect("test paths are UTF-8");
+        Ok(String::from_utf8(run(&[&["--git-dir", dir], args].concat())?)?)
     }
 
     /// Packs that git itself verifies and reads, including objects larger
@@ -555,25 +547,11 @@ mod tests {
             .expect("an index");
         let verified = git(repo.git_dir(), &["verify-pack", "-v", &idx.display().to_string()])?;
         assert!(verified.contains("non delta: 6 objects"), "{verified}");
-        for (id, blob) in ids.iter().zip(&blobs) {
-            let out = Command::new("git")
-                .arg("--git-dir")
-                .arg(repo.git_dir())
-                .args(["cat-file", "blob", &id.to_string()])
-                .output()?;
-            assert!(out.status.success());
-            assert_eq!(&out.stdout, blob);
-            assert_eq!(&repo.local().read(*id, Kind::Blob)?, blob);
-        }
-        for (id, tree) in tree_ids.iter().zip(&trees) {
-            let out = Command::new("git")
-                .arg("--git-dir")
-                .arg(repo.git_dir())
-                .args(["cat-file", "tree", &id.to_string()])
-                .output()?;
-            assert!(out.status.success());
-            assert_eq!(&out.stdout, tree);
-            assert_eq!(&repo.local().read(*id, Kind::Tree)?, tree);
+        let objects = ids.iter().zip(&blobs).map(|(id, b)| (id, "blob", Kind::Blob, b));
+        let objects = objects.chain(tree_ids.iter().zip(&trees).map(|(id, t)| (id, "tree", Kind::Tree, t)));
+        for (id, name, kind, content) in objects {
+            assert_eq!(&cat_file(repo.git_dir(), name, *id)?, content);
+            assert_eq!(&repo.local().read(*id, kind)?, content);
         }
         git(repo.git_dir(), &["fsck", "--strict", "--no-dangling"])?;
         Ok(())
@@ -633,13 +611,7 @@ mod tests {
         assert!(verified.contains("non delta: 43 objects"), "{verified}");
         assert!(verified.contains("chain length = 16: 2 objects"), "{verified}");
         for (id, kind, content) in &objects {
-            let out = Command::new("git")
-                .arg("--git-dir")
-                .arg(repo.git_dir())
-                .args(["cat-file", kind, &id.to_string()])
-                .output()?;
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            assert_eq!(&out.stdout, content);
+            assert_eq!(&cat_file(repo.git_dir(), kind, *id)?, content);
         }
         Ok(())
     }

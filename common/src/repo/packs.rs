@@ -366,19 +366,12 @@ fn remove_pack(pack: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
+    use super::super::git_cli::{cat_file, run};
     use super::super::{Kind, Repo, object_id};
     use super::*;
 
     fn git(args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("git").args(args).output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
+        Ok(String::from_utf8(run(args)?)?)
     }
 
     fn packs_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -472,10 +465,7 @@ mod tests {
         assert!(verified.contains("chain length = 1:"), "deltas survive: {verified}");
         git(&["-C", w, "fsck", "--strict", "--no-dangling"])?;
         for (id, kind, content) in &objects {
-            let out = Command::new("git")
-                .args(["-C", w, "cat-file", kind, &id.to_string()])
-                .output()?;
-            assert_eq!(&out.stdout, content, "{kind} {id}");
+            assert_eq!(&cat_file(&git_dir, kind, *id)?, content, "{kind} {id}");
             assert_eq!(
                 &repo
                     .local()

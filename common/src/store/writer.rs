@@ -112,7 +112,7 @@ impl Writer {
 
     /// Bytes of objects this writer has written.
     pub fn bytes_written(&self) -> i64 {
-        i64::try_from(self.objects.packs().bytes_written()).unwrap_or(i64::MAX)
+        i64::try_from(self.objects.bytes_written()).unwrap_or(i64::MAX)
     }
 
     pub fn index(&self) -> Arc<Revisions> {
@@ -699,7 +699,7 @@ impl Writer {
         let revision = self.working.revision;
         *shared.snapshot.write().expect("snapshot lock is never poisoned") = Arc::new(self.working.clone());
         shared.db_size.store(
-            shared.db_size_base + self.objects.packs().bytes_written() as i64,
+            shared.db_size_base + self.objects.bytes_written() as i64,
             std::sync::atomic::Ordering::Relaxed,
         );
         shared.published.send_if_modified(|r| {
