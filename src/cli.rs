@@ -71,6 +71,7 @@ impl StoreArgs {
             history_window: self.history_window as usize,
             poll_interval: self.poll_interval,
             max_commit_revisions: self.max_commit_revisions as usize,
+            maintenance: common::repo::Maintenance::Auto,
         })
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tonic::{Code, Status};
 
 use crate::proto::etcdserverpb::ResponseHeader;
-use crate::store::{Store, StoreError};
+use crate::store::{Error, Store};
 
 /// The version reported by `Status`: an etcd 3.5 API level, >= 3.5.13 so
 /// that newer kube-apiservers enable progress-notify based features.
@@ -106,24 +106,26 @@ pub fn raft_term(revision: i64) -> u64 {
 
 /// The one mapping from store errors to gRPC statuses, with etcd's codes and
 /// texts.
-pub fn status(e: StoreError) -> Status {
+pub fn status(e: Error) -> Status {
     match e {
-        StoreError::Compacted => Status::new(
+        Error::Compacted => Status::new(
             Code::OutOfRange,
             "etcdserver: mvcc: required revision has been compacted",
         ),
-        StoreError::FutureRevision => Status::new(
+        Error::FutureRevision => Status::new(
             Code::OutOfRange,
             "etcdserver: mvcc: required revision is a future revision",
         ),
-        StoreError::KeyNotFound => Status::new(Code::InvalidArgument, "etcdserver: key not found"),
-        StoreError::LeaseNotFound => Status::new(Code::NotFound, "etcdserver: requested lease not found"),
-        StoreError::LeaseExists => Status::new(Code::FailedPrecondition, "etcdserver: lease already exists"),
-        StoreError::LeaseTtlTooLarge => Status::new(Code::OutOfRange, "etcdserver: too large lease TTL"),
-        StoreError::Stopped => Status::new(Code::Unavailable, "etcdserver: server stopped"),
-        e @ (StoreError::Repo(_) | StoreError::Corrupt(_)) => {
-            tracing::error!(error = %e, "storage error");
-            Status::new(Code::Internal, format!("gitcd: {e}"))
+        Error::KeyNotFound => Status::new(Code::InvalidArgument, "etcdserver: key not found"),
+        Error::LeaseNotFound => Status::new(Code::NotFound, "etcdserver: requested lease not found"),
+        Error::LeaseExists => Status::new(Code::FailedPrecondition, "etcdserver: lease already exists"),
+        Error::LeaseTtlTooLarge => Status::new(Code::OutOfRange, "etcdserver: too large lease TTL"),
+        Error::Stopped => Status::new(Code::Unavailable, "etcdserver: server stopped"),
+        e @ Error::Changed { .. } => Status::new(Code::Aborted, format!("gitcd: {e}")),
+        Error::Storage(e) => {
+            let text = crate::error::chain(&*e).to_string();
+            tracing::error!(error = %text, "storage error");
+            Status::new(Code::Internal, format!("gitcd: {text}"))
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Trishanku's shared library. Binaries under `src/bin` are thin: they parse
 //! flags and call one function here.
 
+pub mod error;
 pub mod etcd;
 pub mod keys;
+pub mod lease;
 pub mod meta;
 pub mod proto;
 pub mod repo;

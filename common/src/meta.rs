@@ -43,7 +43,7 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    fn new(reason: impl Into<String>) -> Self {
+    pub fn new(reason: impl Into<String>) -> Self {
         Self { reason: reason.into() }
     }
 }

@@ -1,5 +1,7 @@
-//! `gitcd serve`: binds the listeners, opens the store and serves the etcd
-//! v3 API until shutdown.
+//! `gitcd serve`, the composition root: binds the listeners, opens the
+//! store, starts the gRPC servers (one per listener), and on shutdown stops
+//! accepting, gives open requests a grace period, and closes the store
+//! (which finishes the writes queued and joins the writer thread).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{StorageError, Store, StoreConfig};
 
 /// Accepted connections, with Nagle's algorithm off: a response written in
 /// two parts must not wait for the client's delayed ACK (40 ms).
@@ -45,16 +47,16 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("cannot open the store")]
+    Store(#[from] StorageError),
     #[error("gRPC server on {addr} failed: {source}")]
     Transport {
         addr: SocketAddr,
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("{0}")]
-    Config(String),
+    #[error("{0} panicked")]
+    Panicked(&'static str),
 }
 
 /// Parses `--listen-urls`: comma-separated `http://host:port` URLs with an
@@ -101,19 +103,7 @@ pub async fn serve(
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store_config = config.store.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
-        .await
-        .map_err(|e| ServeError::Config(format!("store start-up panicked: {e}")))??;
-    let snap = store.snapshot();
-    tracing::info!(
-        repo = %config.store.repo.display(),
-        data_ref = %config.store.data_ref,
-        metadata_ref = %config.store.metadata_ref,
-        revision = snap.revision,
-        keys = snap.kvs.len(),
-        "store ready"
-    );
+    let store = open_store(config.store.clone()).await?;
     let identity = Arc::new(Identity::new(
         &config.name,
         &config.store.data_ref,
@@ -121,16 +111,16 @@ pub async fn serve(
         config.max_request_bytes,
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let ctx = Context {
-        store,
-        identity,
-        stopping: stop_rx.clone(),
-    };
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let mut tasks = tokio::task::JoinSet::new();
+    let ctx = Context {
+        store: store.clone(),
+        identity,
+        stopping: stop_rx.clone(),
+    };
+    let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         let addr = listener.local_addr().map_err(|source| ServeError::Bind {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -139,7 +129,7 @@ pub async fn serve(
         tracing::info!(%addr, "serving etcd v3 gRPC");
         let router = routes(&ctx, &config);
         let mut stop = stop_rx.clone();
-        tasks.spawn(async move {
+        servers.spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -148,7 +138,36 @@ pub async fn serve(
                 .map_err(|source| ServeError::Transport { addr, source })
         });
     }
-    let mut stopping = stop_rx.clone();
+    let served = drain(servers, stop_rx).await;
+    // The writes already queued finish (or fail) before the writer stops.
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .map_err(|_| ServeError::Panicked("closing the store"))?;
+    tracing::info!("stopped");
+    served
+}
+
+/// Opens the store on a blocking thread and logs what it holds.
+async fn open_store(config: StoreConfig) -> Result<Store, ServeError> {
+    let store = tokio::task::spawn_blocking(move || Store::open(config))
+        .await
+        .map_err(|_| ServeError::Panicked("opening the store"))??;
+    let snap = store.snapshot();
+    tracing::info!(
+        git_dir = %store.git_dir().display(),
+        revision = snap.revision,
+        keys = snap.kvs.len(),
+        "store ready"
+    );
+    Ok(store)
+}
+
+/// Waits for the servers to end: on their own (an error), or after
+/// shutdown, within the grace period.
+async fn drain(
+    mut servers: tokio::task::JoinSet<Result<(), ServeError>>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServeError> {
     let grace = async move {
         let _ = stopping.wait_for(|s| *s).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -156,19 +175,17 @@ pub async fn serve(
     tokio::pin!(grace);
     loop {
         tokio::select! {
-            done = tasks.join_next() => match done {
-                Some(done) => done.map_err(|e| ServeError::Config(format!("server task panicked: {e}")))??,
-                None => break,
+            done = servers.join_next() => match done {
+                Some(done) => done.map_err(|_| ServeError::Panicked("a gRPC server"))??,
+                None => return Ok(()),
             },
             () = &mut grace => {
                 tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period: closing them");
-                tasks.abort_all();
-                break;
+                servers.abort_all();
+                return Ok(());
             }
         }
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 fn routes(ctx: &Context, config: &ServeConfig) -> tonic::transport::server::Router {

@@ -6,36 +6,54 @@
 //! to the revision's commits. One writer thread applies writes in order,
 //! groups the requests that queue up while it commits, makes the whole group
 //! durable with one round of fsync, and only then publishes the new snapshot
-//! and answers.
+//! and answers. The store knows nothing of gRPC: it speaks the etcd message
+//! types (a neutral part the gRPC layer shares) and [`Error`].
+//!
+//! Topics: `open` (loading, building metadata, start-up repairs), `ingest`
+//! (commits others made), `commit` (revisions into commit pairs), `writer`
+//! (the thread and its batches), `job` (the typed requests it takes),
+//! `apply` (etcd's rules for each request), `revisions` (where each revision
+//! lives), `events` (the watch window), `history` (reads of past revisions),
+//! `range` (Range semantics).
 
 mod apply;
+mod changes;
+mod commit;
 mod events;
 mod history;
+mod ingest;
+mod job;
+mod open;
 mod range;
+pub mod revisions;
 mod writer;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use gix::ObjectId;
-use tokio::sync::oneshot;
 
+use crate::lease::Lessor;
 use crate::meta::KeyMeta;
 use crate::proto::etcdserverpb::{
-    CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
+    TxnResponse,
 };
 use crate::proto::mvccpb;
-use crate::repo::{Repo, RepoError, Signature};
+use crate::repo::{Maintenance, Repo, RepoError, Signature};
 
 pub use apply::{Change, is_read_only};
+pub use changes::{ChangeSet, KeyChange, NewValue};
 pub use events::RevisionEvents;
 pub use range::KeyRange;
+pub use revisions::parse_revisions;
 
-/// etcd's errors, and ours. The gRPC layer maps each to etcd's exact status.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+/// What a request can fail with: etcd's conditions (the gRPC layer maps
+/// each to etcd's exact status), and ours.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
     #[error("mvcc: required revision has been compacted")]
     Compacted,
     #[error("mvcc: required revision is a future revision")]
@@ -48,12 +66,76 @@ pub enum StoreError {
     LeaseExists,
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
+    /// A [`ChangeSet`]'s expectation did not hold: the key changed since the
+    /// change set was computed. Compute it again.
+    #[error("key {key:?} changed since the change set was computed (mod revision {found}, expected {expected})")]
+    Changed { key: String, expected: i64, found: i64 },
     #[error("the store is shutting down")]
     Stopped,
+    /// The store cannot read or write its repository. Shared: one failure
+    /// answers every request of its group.
+    #[error("storage failure")]
+    Storage(#[source] Arc<StorageError>),
+}
+
+impl<E: Into<StorageError>> From<E> for Error {
+    fn from(e: E) -> Self {
+        Error::Storage(Arc::new(e.into()))
+    }
+}
+
+/// What goes wrong with the repository under the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
     #[error(transparent)]
     Repo(#[from] RepoError),
-    #[error("repository is not a gitcd store as expected: {0}")]
-    Corrupt(String),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptError),
+    /// The data ref moved under every attempt to write.
+    #[error("{data_ref} keeps moving under gitcd's writes (gave up after {attempts} attempts)")]
+    Contended { data_ref: String, attempts: usize },
+    #[error("cannot start the writer thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The repository is not a gitcd store as expected: what is wrong, where.
+#[derive(Debug, thiserror::Error)]
+pub enum CorruptError {
+    #[error("metadata commit {commit} has no `{entry}` entry")]
+    MissingEntry { commit: ObjectId, entry: &'static str },
+    #[error("metadata commit {commit} is format {found:?}, not {expected:?}, the one this gitcd reads")]
+    Format {
+        commit: ObjectId,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("metadata `{entry}` of commit {commit}")]
+    Malformed {
+        commit: ObjectId,
+        entry: String,
+        #[source]
+        source: crate::meta::ParseError,
+    },
+    #[error("key {key:?} has metadata but no file in data commit {data}")]
+    MissingFile { key: String, data: ObjectId },
+    #[error("key {key:?} has metadata but no file in data tree {tree}")]
+    MissingFileInTree { key: String, tree: ObjectId },
+    #[error("metadata tree {tree} has no entry for key {key:?}")]
+    MissingKeyMeta { key: String, tree: ObjectId },
+    #[error("metadata blob {blob}")]
+    MalformedBlob {
+        blob: ObjectId,
+        #[source]
+        source: crate::meta::ParseError,
+    },
+    #[error("metadata commit {commit} has message {message:?}, not a revision")]
+    Message { commit: ObjectId, message: String },
+    #[error("metadata commit {commit} has {parents} parents (a metadata commit has 0 or 2)")]
+    Parents { commit: ObjectId, parents: usize },
+    #[error("no revision {revision} before the grouped commit {commit}")]
+    NoBase { revision: i64, commit: ObjectId },
+    #[error("grouped commit {commit} has no log of revision {revision}")]
+    NoLogRevision { revision: i64, commit: ObjectId },
 }
 
 /// How a store is found and written.
@@ -69,11 +151,14 @@ pub struct StoreConfig {
     /// How many recent revisions keep their events in memory (for watchers
     /// catching up); older ones are read from Git.
     pub history_window: usize,
-    /// How often the data ref is checked for commits made by others.
-    pub poll_interval: std::time::Duration,
+    /// How often the data ref is read for commits made by others when no
+    /// change notification came (file systems without inotify).
+    pub poll_interval: Duration,
     /// Most revisions one commit may group when writes queue up (1: every
     /// revision is its own commit).
     pub max_commit_revisions: usize,
+    /// Whether this store may maintain the repository's packs.
+    pub maintenance: Maintenance,
 }
 
 impl StoreConfig {
@@ -89,8 +174,9 @@ impl StoreConfig {
             },
             start_revision: 1,
             history_window: 10_000,
-            poll_interval: std::time::Duration::from_millis(500),
+            poll_interval: Duration::from_millis(500),
             max_commit_revisions: 128,
+            maintenance: Maintenance::Auto,
         }
     }
 }
@@ -131,162 +217,49 @@ pub struct Snapshot {
     pub compact_revision: i64,
     pub kvs: imbl::OrdMap<Bytes, Kv>,
     pub leases: imbl::OrdMap<i64, Lease>,
+    /// The data commit this state is (or, inside a group not yet written,
+    /// builds on).
+    pub data_commit: ObjectId,
 }
 
-/// Where each revision lives in Git.
+/// A granted lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RevisionCommits {
-    /// The newest metadata commit at this revision, and its data commit.
-    /// Inside a group (before its last revision) these are the group's
-    /// commits, whose trees hold a later state: see `exact`.
-    pub metadata: ObjectId,
-    pub data: ObjectId,
-    /// Whether the trees of `metadata` and `data` are this revision's state.
-    pub exact: bool,
-    /// When the revision was written in a commit grouping several: that
-    /// metadata commit (its `log` has each revision's changes) and the
-    /// group's first revision.
-    pub group: Option<(ObjectId, i64)>,
+pub struct Granted {
+    pub id: i64,
+    pub ttl: i64,
+    pub revision: i64,
 }
 
-impl RevisionCommits {
-    /// A commit pair whose trees are exactly one revision's state.
-    pub fn exact(metadata: ObjectId, data: ObjectId) -> Self {
-        Self {
-            metadata,
-            data,
-            exact: true,
-            group: None,
-        }
-    }
+/// What applying a [`ChangeSet`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The revision it made; `None` when it changed nothing.
+    pub revision: Option<i64>,
 }
 
-/// revision -> commits, for every revision of the store. Appended by the
-/// writer before it publishes; readers only ask for published revisions.
-#[derive(Debug, Default)]
-pub(crate) struct RevisionIndex {
-    first: i64,
-    commits: Vec<RevisionCommits>,
-}
-
-impl RevisionIndex {
-    fn get(&self, revision: i64) -> Option<RevisionCommits> {
-        let i = usize::try_from(revision.checked_sub(self.first)?).ok()?;
-        self.commits.get(i).copied()
-    }
-
-    /// Records where `revision` lives. A revision already known keeps its
-    /// commits: a later commit at the same revision changed metadata only
-    /// (leases, compaction), not keys, and may not have landed yet.
-    fn set(&mut self, revision: i64, commits: RevisionCommits) {
-        if self.commits.is_empty() {
-            self.first = revision;
-        }
-        let i = usize::try_from(revision - self.first).expect("revisions only grow");
-        if i >= self.commits.len() {
-            self.commits.push(commits);
-        }
-    }
-
-    /// Forgets the revisions after `revision` (written, then not landed).
-    fn truncate(&mut self, revision: i64) {
-        let keep = usize::try_from(revision + 1 - self.first).unwrap_or(0);
-        self.commits.truncate(keep);
-    }
-}
-
-/// Where each revision lives, and the logs of the grouped commits read
-/// lately (a page of a list pinned at one revision reads the same log again).
-#[derive(Debug, Default)]
-pub(crate) struct Revisions {
-    pub(crate) index: RwLock<RevisionIndex>,
-    logs: std::sync::Mutex<std::collections::VecDeque<(ObjectId, Arc<Vec<crate::meta::LogRevision>>)>>,
-}
-
-/// How many grouped commits' logs [`Revisions`] keeps parsed.
-const LOG_CACHE: usize = 8;
-
-impl Revisions {
-    fn get(&self, revision: i64) -> Option<RevisionCommits> {
-        self.index
-            .read()
-            .expect("revision index lock is never poisoned")
-            .get(revision)
-    }
-
-    /// The revisions recorded in grouped metadata commit `commit`.
-    fn log(
-        &self,
-        repo: &crate::repo::LocalRepo,
-        commit: ObjectId,
-    ) -> Result<Arc<Vec<crate::meta::LogRevision>>, StoreError> {
-        let cached = |logs: &std::collections::VecDeque<(ObjectId, Arc<_>)>| {
-            logs.iter().find(|(id, _)| *id == commit).map(|(_, l)| Arc::clone(l))
-        };
-        if let Some(l) = cached(&self.logs.lock().expect("log cache lock is never poisoned")) {
-            return Ok(l);
-        }
-        let log = Arc::new(history::group_log(repo, commit)?);
-        let mut logs = self.logs.lock().expect("log cache lock is never poisoned");
-        if logs.len() >= LOG_CACHE {
-            logs.pop_front();
-        }
-        logs.push_back((commit, log.clone()));
-        Ok(log)
-    }
-}
-
-/// A write for the writer thread.
-#[derive(Clone, Debug)]
-pub enum WriteOp {
-    Put(PutRequest),
-    DeleteRange(DeleteRangeRequest),
-    Txn(TxnRequest),
-    Compact(CompactionRequest),
-    LeaseGrant { id: i64, ttl: i64 },
-    LeaseRevoke { id: i64 },
-}
-
-/// What a write answers.
-#[derive(Debug)]
-pub enum WriteResult {
-    Put(PutResponse),
-    DeleteRange(DeleteRangeResponse),
-    Txn(TxnResponse),
-    /// Compaction and lease changes answer with the revision they saw.
-    Revision(i64),
-    LeaseGranted {
-        id: i64,
-        ttl: i64,
-        revision: i64,
-    },
-}
-
-pub(crate) struct Job {
-    op: WriteOp,
-    reply: oneshot::Sender<Result<WriteResult, StoreError>>,
-}
-
+/// What readers share with the writer thread.
 struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
-    revisions: Arc<Revisions>,
+    revisions: Arc<revisions::Revisions>,
     /// The events of recent revisions, for watchers and `prev_kv`.
     window: RwLock<events::Window>,
     /// The latest published revision; watchers wait on it.
     published: tokio::sync::watch::Sender<i64>,
     /// When each lease expires (not persisted: a restart grants a fresh TTL).
-    deadlines: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
+    lessor: std::sync::Mutex<Lessor>,
     repo: Repo,
     /// Object store size at start; the writer adds what it writes.
     db_size_base: i64,
     db_size: std::sync::atomic::AtomicI64,
 }
 
-/// A handle to an open store; cheap to clone.
+/// A handle to an open store; cheap to clone. The writer thread stops when
+/// [`Store::close`] is called or the last handle is dropped.
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    jobs: std::sync::mpsc::SyncSender<writer::Message>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 /// Limits the number of queued writes; beyond it senders wait.
@@ -294,8 +267,10 @@ const QUEUE_DEPTH: usize = 4096;
 
 impl Store {
     /// Opens (creating or initialising as needed) the store and starts its
-    /// writer thread. Blocking: call it from a blocking context.
-    pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
+    /// writer thread. Blocking: call it from a blocking context. Fails with
+    /// [`RepoError::Locked`] when another process writes the same branch
+    /// pair.
+    pub fn open(config: StoreConfig) -> Result<Self, StorageError> {
         let repo = Repo::open_or_init(&config.repo)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_DEPTH);
         let mut loaded = writer::Writer::open(&repo, &config)?;
@@ -306,37 +281,53 @@ impl Store {
         for e in loaded.take_events() {
             window.push(e);
         }
+        let mut lessor = Lessor::default();
         let now = std::time::Instant::now();
-        let deadlines = snapshot
-            .leases
-            .values()
-            .map(|l| (l.id, now + std::time::Duration::from_secs(l.ttl.max(0) as u64)))
-            .collect();
+        for l in snapshot.leases.values() {
+            lessor.grant(l.id, l.ttl, now);
+        }
         let (published, _) = tokio::sync::watch::channel(snapshot.revision);
         let shared = Arc::new(Shared {
             snapshot: RwLock::new(Arc::new(snapshot)),
-            revisions: loaded.index(),
+            revisions: loaded.revisions(),
             window: RwLock::new(window),
             published,
-            deadlines: std::sync::Mutex::new(deadlines),
+            lessor: std::sync::Mutex::new(lessor),
             repo,
             db_size_base: db_size - loaded.bytes_written(),
             db_size: std::sync::atomic::AtomicI64::new(db_size),
         });
+        loaded.watch_refs(tx.clone());
         let thread_shared = shared.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("gitcd-writer".into())
             .spawn(move || loaded.run(thread_shared, rx))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self { shared, jobs: tx })
+            .map_err(StorageError::Thread)?;
+        Ok(Self {
+            shared,
+            jobs: tx,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        })
     }
 
     /// Builds or catches up the metadata of `config`'s data ref and returns
     /// the revision reached, without serving.
-    pub fn init(config: &StoreConfig) -> Result<i64, StoreError> {
+    pub fn init(config: &StoreConfig) -> Result<i64, StorageError> {
         let repo = Repo::open_or_init(&config.repo)?;
         let w = writer::Writer::open(&repo, config)?;
         Ok(w.snapshot().revision)
+    }
+
+    /// Stops the writer once the writes queued before this call are done,
+    /// and waits for it. Later writes answer [`Error::Stopped`]. Blocking.
+    pub fn close(&self) {
+        let _ = self.jobs.send(writer::Message::Stop);
+        let thread = self.thread.lock().expect("writer handle lock is never poisoned").take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the writer thread panicked");
+        }
     }
 
     /// The latest published state.
@@ -354,9 +345,19 @@ impl Store {
         self.shared.db_size.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The repository's `.git` directory.
+    pub fn git_dir(&self) -> &std::path::Path {
+        self.shared.repo.git_dir()
+    }
+
+    /// A thread-local handle of the store's repository, for reading.
+    pub fn repo(&self) -> crate::repo::LocalRepo {
+        self.shared.repo.local()
+    }
+
     /// Serves a Range. Current-revision reads use the snapshot; older ones
     /// read Git on a blocking thread.
-    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Error> {
         let snap = self.snapshot();
         match range::read_revision(&snap, req.revision)? {
             None => Ok(range::range_snapshot(&snap, &req)),
@@ -368,30 +369,84 @@ impl Store {
                     Ok(range::select(&req, snap.revision, kvs.len() as i64, kvs.into_iter()))
                 })
                 .await
-                .map_err(|_| StoreError::Stopped)?
+                .map_err(|_| Error::Stopped)?
             }
         }
     }
 
-    /// Serves a Txn without writes against the latest snapshot, without
-    /// queueing behind writes (as etcd does).
-    pub async fn read_txn(&self, req: TxnRequest) -> Result<TxnResponse, StoreError> {
+    pub async fn put(&self, req: PutRequest) -> Result<PutResponse, Error> {
+        self.submit(req).await
+    }
+
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Error> {
+        self.submit(req).await
+    }
+
+    /// Serves a Txn: one with writes goes to the writer; one without is
+    /// answered from the latest snapshot without queueing behind writes (as
+    /// etcd does).
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Error> {
+        if !is_read_only(&req) {
+            return self.submit(req).await;
+        }
         let mut snap = (*self.snapshot()).clone();
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let repo = shared.repo.local();
             let history = |rev: i64, range: &KeyRange| history::read_at(&repo, &shared.revisions, rev, range);
-            let begin = snap.revision;
-            let mut apply = apply::Apply {
-                state: &mut snap,
-                begin,
-                changes: Vec::new(),
-                history: &history,
-            };
-            apply.txn(&req)
+            apply::Apply::new(&mut snap, &history).txn(&req)
         })
         .await
-        .map_err(|_| StoreError::Stopped)?
+        .map_err(|_| Error::Stopped)?
+    }
+
+    /// Records `revision` as the compact revision; answers the revision the
+    /// compaction saw.
+    pub async fn compact(&self, revision: i64) -> Result<i64, Error> {
+        self.submit(job::Compact(revision)).await
+    }
+
+    /// Grants a lease (`id` 0: the store picks one).
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<Granted, Error> {
+        self.submit(job::LeaseGrant { id, ttl }).await
+    }
+
+    /// Revokes a lease, deleting its keys in one revision; answers the
+    /// revision after.
+    pub async fn lease_revoke(&self, id: i64) -> Result<i64, Error> {
+        self.submit(job::LeaseRevoke(id)).await
+    }
+
+    /// Applies a change set as one revision of its own (the contract for
+    /// merges and other writers that are not etcd clients), see
+    /// [`ChangeSet`].
+    pub async fn apply(&self, changes: ChangeSet) -> Result<Applied, Error> {
+        self.submit(changes).await
+    }
+
+    /// Renews lease `id`; its granted TTL, or `None` if it does not exist.
+    pub fn keep_alive(&self, id: i64) -> Option<i64> {
+        let ttl = self.snapshot().leases.get(&id)?.ttl;
+        let renewed =
+            self.shared
+                .lessor
+                .lock()
+                .expect("lessor lock is never poisoned")
+                .renew(id, ttl, std::time::Instant::now());
+        renewed.then_some(ttl)
+    }
+
+    /// Seconds left before lease `id` expires, its granted TTL and its keys.
+    pub fn time_to_live(&self, id: i64) -> Option<(i64, i64, Vec<Bytes>)> {
+        let lease = self.snapshot().leases.get(&id).cloned()?;
+        let deadline = self
+            .shared
+            .lessor
+            .lock()
+            .expect("lessor lock is never poisoned")
+            .deadline(id)?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now()).as_secs() as i64;
+        Some((left, lease.ttl, lease.keys.into_iter().collect()))
     }
 
     /// Follows the published revision: it changes after every durable group
@@ -403,7 +458,7 @@ impl Store {
     /// The events of revisions `from..=to` (at most `limit` revisions), from
     /// the in-memory window or, when older, from Git. Revisions below the
     /// compact revision are refused.
-    pub async fn events(&self, from: i64, to: i64, limit: usize) -> Result<Vec<Arc<RevisionEvents>>, StoreError> {
+    pub async fn events(&self, from: i64, to: i64, limit: usize) -> Result<Vec<Arc<RevisionEvents>>, Error> {
         let to = to.min(from.saturating_add(limit as i64) - 1);
         if from > to {
             return Ok(Vec::new());
@@ -421,51 +476,29 @@ impl Store {
             let repo = shared.repo.local();
             (from..=git_to)
                 .map(|rev| events::from_git(&repo, &shared.revisions, rev).map(Arc::new))
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, Error>>()
         })
         .await
-        .map_err(|_| StoreError::Stopped)??;
+        .map_err(|_| Error::Stopped)??;
         out.extend(cached);
         Ok(out)
     }
 
-    /// Renews lease `id`; its granted TTL, or `None` if it does not exist.
-    pub fn keep_alive(&self, id: i64) -> Option<i64> {
-        let lease = self.snapshot().leases.get(&id).cloned()?;
-        let mut deadlines = self.shared.deadlines.lock().expect("deadline lock is never poisoned");
-        let deadline = deadlines.get_mut(&id)?;
-        *deadline = std::time::Instant::now() + std::time::Duration::from_secs(lease.ttl.max(0) as u64);
-        Some(lease.ttl)
-    }
-
-    /// Seconds left before lease `id` expires, its granted TTL and its keys.
-    pub fn time_to_live(&self, id: i64) -> Option<(i64, i64, Vec<Bytes>)> {
-        let lease = self.snapshot().leases.get(&id).cloned()?;
-        let deadline = *self
-            .shared
-            .deadlines
-            .lock()
-            .expect("deadline lock is never poisoned")
-            .get(&id)?;
-        let left = deadline.saturating_duration_since(std::time::Instant::now()).as_secs() as i64;
-        Some((left, lease.ttl, lease.keys.into_iter().collect()))
-    }
-
-    /// Queues a write and waits until it is durable.
-    pub async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
-        let (reply, rx) = oneshot::channel();
+    /// Queues a job and waits until it is durable.
+    async fn submit<J: job::Operation>(&self, op: J) -> Result<J::Output, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let message = writer::Message::Job(Box::new(job::Typed::new(op, reply)));
         let jobs = self.jobs.clone();
-        let job = Job { op, reply };
-        match jobs.try_send(job) {
+        match jobs.try_send(message) {
             Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(job)) => {
-                tokio::task::spawn_blocking(move || jobs.send(job))
+            Err(std::sync::mpsc::TrySendError::Full(message)) => {
+                tokio::task::spawn_blocking(move || jobs.send(message))
                     .await
-                    .map_err(|_| StoreError::Stopped)?
-                    .map_err(|_| StoreError::Stopped)?;
+                    .map_err(|_| Error::Stopped)?
+                    .map_err(|_| Error::Stopped)?;
             }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Stopped),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(Error::Stopped),
         }
-        rx.await.map_err(|_| StoreError::Stopped)?
+        rx.await.map_err(|_| Error::Stopped)?
     }
 }

@@ -12,7 +12,6 @@ use crate::proto::etcdserverpb::{
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse, lease_server,
 };
-use crate::store::{WriteOp, WriteResult};
 
 pub struct LeaseService(pub Context);
 
@@ -21,26 +20,13 @@ impl lease_server::Lease for LeaseService {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
         let req = request.into_inner();
         self.0.check_size(req.encoded_len())?;
-        match self
-            .0
-            .store
-            .write(WriteOp::LeaseGrant {
-                id: req.id,
-                ttl: req.ttl,
-            })
-            .await
-            .map_err(status)?
-        {
-            WriteResult::LeaseGranted { id, ttl, revision } => Ok(Response::new(LeaseGrantResponse {
-                header: self.0.header(revision),
-                id,
-                ttl,
-                error: String::new(),
-            })),
-            _ => Err(Status::internal(
-                "gitcd: the store answered LeaseGrant with another kind of result",
-            )),
-        }
+        let granted = self.0.store.lease_grant(req.id, req.ttl).await.map_err(status)?;
+        Ok(Response::new(LeaseGrantResponse {
+            header: self.0.header(granted.revision),
+            id: granted.id,
+            ttl: granted.ttl,
+            error: String::new(),
+        }))
     }
 
     async fn lease_revoke(
@@ -48,20 +34,10 @@ impl lease_server::Lease for LeaseService {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let req = request.into_inner();
-        match self
-            .0
-            .store
-            .write(WriteOp::LeaseRevoke { id: req.id })
-            .await
-            .map_err(status)?
-        {
-            WriteResult::Revision(revision) => Ok(Response::new(LeaseRevokeResponse {
-                header: self.0.header(revision),
-            })),
-            _ => Err(Status::internal(
-                "gitcd: the store answered LeaseRevoke with another kind of result",
-            )),
-        }
+        let revision = self.0.store.lease_revoke(req.id).await.map_err(status)?;
+        Ok(Response::new(LeaseRevokeResponse {
+            header: self.0.header(revision),
+        }))
     }
 
     type LeaseKeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use gix::ObjectId;
 
-use super::{Kind, RepoError, delta, io_err, sync_dir};
+use super::objects::sync_dir;
+use super::{Kind, RepoError, delta, io_err};
 
 /// The objects of one pack being built, in memory. Once written, it keeps
 /// its bytes and its trees' contents for [`fold`].
@@ -510,7 +511,7 @@ mod tests {
     fn git_reads_our_packs() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let repo = Repo::open_or_init(&dir.path().join("r"))?;
-        let mut w = ObjectWriter::new(repo.git_dir());
+        let mut w = ObjectWriter::new(repo.git_dir(), super::super::Maintenance::Auto);
         let big: Vec<u8> = (0..300_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
@@ -578,13 +579,13 @@ mod tests {
         for g in 0..40u32 {
             let mut pack = super::PackBuilder::default();
             let blob = format!("value {g}\n").into_bytes();
-            let blob_id = super::super::object_id(Kind::Blob, &blob);
+            let blob_id = super::super::objects::object_id(Kind::Blob, &blob);
             pack.add(blob_id, Kind::Blob, &blob);
             objects.push((blob_id, "blob", blob));
             // One more entry per group, names in order.
             entries.extend_from_slice(format!("100644 k{g:04}\0").as_bytes());
             entries.extend_from_slice(blob_id.as_bytes());
-            let tree_id = super::super::object_id(Kind::Tree, &entries);
+            let tree_id = super::super::objects::object_id(Kind::Tree, &entries);
             pack.add_tree(tree_id, entries.clone(), previous);
             objects.push((tree_id, "tree", entries.clone()));
             previous = Some(tree_id);

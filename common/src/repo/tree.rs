@@ -38,7 +38,7 @@ impl RawEntry {
 pub fn parse(id: ObjectId, mut data: &[u8]) -> Result<Vec<RawEntry>, RepoError> {
     let malformed = || RepoError::Malformed {
         id,
-        message: "truncated tree entry".into(),
+        reason: "truncated tree entry",
     };
     let mut out = Vec::new();
     while !data.is_empty() {

@@ -1,12 +1,14 @@
 //! Applying one write request to the writer's working state, with etcd's
-//! semantics (its `apply` and `txn` code paths): all changes of a request
-//! form one revision, `begin + 1`, and a request that changes nothing makes
-//! no revision.
+//! semantics (its `apply`, `txn`, compaction and lessor code paths): all
+//! changes of a request form one revision, `begin + 1`, and a request that
+//! changes nothing makes no revision. Also the rules of a [`ChangeSet`].
 
 use bytes::Bytes;
+use gix::ObjectId;
 
+use super::changes::ChangeSet;
 use super::range::{KeyRange, range_map, select};
-use super::{Kv, Snapshot, StoreError};
+use super::{Error, Granted, Kv, Lease, Snapshot};
 use crate::meta::KeyMeta;
 use crate::proto::etcdserverpb::{
     Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
@@ -23,7 +25,28 @@ pub struct Change {
 }
 
 /// Reads a past revision (from Git) for a Range inside a Txn.
-pub type HistoryReader<'a> = dyn Fn(i64, &KeyRange) -> Result<Vec<(Bytes, Kv)>, StoreError> + 'a;
+pub type HistoryReader<'a> = dyn Fn(i64, &KeyRange) -> Result<Vec<(Bytes, Kv)>, Error> + 'a;
+
+/// etcd's lease limits.
+const MAX_LEASE_TTL: i64 = 9_000_000_000;
+pub const MIN_LEASE_TTL: i64 = 2;
+
+/// A lease whose clock changes once the write is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseChange {
+    Granted { id: i64, ttl: i64 },
+    Revoked { id: i64 },
+}
+
+/// A revision that gets a commit of its own (a merge), with its data
+/// commit's extra parents or the commit to fast-forward to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnCommit {
+    pub parents: Vec<ObjectId>,
+    pub fast_forward: Option<ObjectId>,
+    pub computed_on: Option<ObjectId>,
+    pub message: String,
+}
 
 /// The application of one request on top of `state` at revision `begin`.
 pub struct Apply<'a> {
@@ -31,6 +54,11 @@ pub struct Apply<'a> {
     pub begin: i64,
     pub changes: Vec<Change>,
     pub history: &'a HistoryReader<'a>,
+    /// What changed besides keys (leases, compaction), for the commit message.
+    pub notes: Vec<String>,
+    pub leases: Vec<LeaseChange>,
+    /// Set by a change set: its revision is committed alone.
+    pub own_commit: Option<OwnCommit>,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -40,7 +68,21 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
-impl Apply<'_> {
+impl<'a> Apply<'a> {
+    /// The application of a request on top of `state`.
+    pub fn new(state: &'a mut Snapshot, history: &'a HistoryReader<'a>) -> Self {
+        let begin = state.revision;
+        Self {
+            state,
+            begin,
+            changes: Vec::new(),
+            history,
+            notes: Vec::new(),
+            leases: Vec::new(),
+            own_commit: None,
+        }
+    }
+
     /// The revision the request's changes get.
     fn next(&self) -> i64 {
         self.begin + 1
@@ -56,17 +98,17 @@ impl Apply<'_> {
     }
 
     /// A standalone Put (etcd checks its lease first).
-    pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, StoreError> {
+    pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, Error> {
         if req.lease != 0 && !self.state.leases.contains_key(&req.lease) {
-            return Err(StoreError::LeaseNotFound);
+            return Err(Error::LeaseNotFound);
         }
         self.put_in_txn(req)
     }
 
-    fn put_in_txn(&mut self, req: &PutRequest) -> Result<PutResponse, StoreError> {
+    fn put_in_txn(&mut self, req: &PutRequest) -> Result<PutResponse, Error> {
         let prev = self.state.kvs.get(req.key.as_ref()).cloned();
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
-            return Err(StoreError::KeyNotFound);
+            return Err(Error::KeyNotFound);
         }
         let value = match (&prev, req.ignore_value) {
             (Some(p), true) => p.value.clone(),
@@ -161,11 +203,11 @@ impl Apply<'_> {
     }
 
     /// A Range inside a Txn, which sees the Txn's earlier writes.
-    fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
+    fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
         let current = self.current();
         let rev = if req.revision <= 0 { current } else { req.revision };
         if rev < self.state.compact_revision {
-            return Err(StoreError::Compacted);
+            return Err(Error::Compacted);
         }
         if rev == current {
             return Ok(range_map(&self.state.kvs, current, req));
@@ -187,7 +229,7 @@ impl Apply<'_> {
         Ok(select(req, current, kvs.len() as i64, kvs.into_iter()))
     }
 
-    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, StoreError> {
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, Error> {
         let path = self.compare_path(req);
         self.check_requests(req, &path, &|a, op| a.check_range(op))?;
         if !is_read_only(req) {
@@ -228,8 +270,8 @@ impl Apply<'_> {
         &self,
         req: &TxnRequest,
         path: &[bool],
-        check: &dyn Fn(&Self, &RequestOp) -> Result<(), StoreError>,
-    ) -> Result<usize, StoreError> {
+        check: &dyn Fn(&Self, &RequestOp) -> Result<(), Error>,
+    ) -> Result<usize, Error> {
         let mut path = path;
         let mut txns = 0;
         let ops = if path[0] { &req.success } else { &req.failure };
@@ -245,35 +287,35 @@ impl Apply<'_> {
         Ok(txns)
     }
 
-    fn check_range(&self, op: &RequestOp) -> Result<(), StoreError> {
+    fn check_range(&self, op: &RequestOp) -> Result<(), Error> {
         let Some(request_op::Request::RequestRange(r)) = &op.request else {
             return Ok(());
         };
         if r.revision == 0 {
             Ok(())
         } else if r.revision > self.begin {
-            Err(StoreError::FutureRevision)
+            Err(Error::FutureRevision)
         } else if r.revision < self.state.compact_revision {
-            Err(StoreError::Compacted)
+            Err(Error::Compacted)
         } else {
             Ok(())
         }
     }
 
-    fn check_put(&self, op: &RequestOp) -> Result<(), StoreError> {
+    fn check_put(&self, op: &RequestOp) -> Result<(), Error> {
         let Some(request_op::Request::RequestPut(p)) = &op.request else {
             return Ok(());
         };
         if (p.ignore_value || p.ignore_lease) && !self.state.kvs.contains_key(p.key.as_ref()) {
-            return Err(StoreError::KeyNotFound);
+            return Err(Error::KeyNotFound);
         }
         if p.lease != 0 && !self.state.leases.contains_key(&p.lease) {
-            return Err(StoreError::LeaseNotFound);
+            return Err(Error::LeaseNotFound);
         }
         Ok(())
     }
 
-    fn apply_txn(&mut self, req: &TxnRequest, path: &[bool], resp: &mut TxnResponse) -> Result<usize, StoreError> {
+    fn apply_txn(&mut self, req: &TxnRequest, path: &[bool], resp: &mut TxnResponse) -> Result<usize, Error> {
         let mut path = path;
         resp.succeeded = path[0];
         let ops = if path[0] { &req.success } else { &req.failure };
@@ -305,6 +347,128 @@ impl Apply<'_> {
             resp.responses.push(ResponseOp { response: r });
         }
         Ok(txns)
+    }
+}
+
+impl Apply<'_> {
+    /// Records `revision` as the compact revision; answers the revision now.
+    pub fn compact(&mut self, revision: i64) -> Result<i64, Error> {
+        if revision <= self.state.compact_revision {
+            return Err(Error::Compacted);
+        }
+        if revision > self.state.revision {
+            return Err(Error::FutureRevision);
+        }
+        self.state.compact_revision = revision;
+        self.notes.push(format!("compact {revision}"));
+        Ok(self.begin)
+    }
+
+    /// Grants a lease; id 0 picks a random free positive id.
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<Granted, Error> {
+        if ttl > MAX_LEASE_TTL {
+            return Err(Error::LeaseTtlTooLarge);
+        }
+        if self.state.leases.contains_key(&id) {
+            return Err(Error::LeaseExists);
+        }
+        let mut id = id;
+        while id == 0 || self.state.leases.contains_key(&id) {
+            id = rand::random::<i64>() & i64::MAX;
+        }
+        let ttl = ttl.max(MIN_LEASE_TTL);
+        self.state.leases.insert(
+            id,
+            Lease {
+                id,
+                ttl,
+                keys: imbl::OrdSet::new(),
+            },
+        );
+        self.notes.push(format!("lease grant {id} ttl {ttl}"));
+        self.leases.push(LeaseChange::Granted { id, ttl });
+        Ok(Granted {
+            id,
+            ttl,
+            revision: self.begin,
+        })
+    }
+
+    /// Revokes a lease and deletes its keys, in one revision; answers the
+    /// revision after.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<i64, Error> {
+        let lease = self.state.leases.remove(&id).ok_or(Error::LeaseNotFound)?;
+        for key in lease.keys.iter() {
+            self.delete_range(&DeleteRangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            });
+        }
+        self.notes.push(format!("lease revoke {id}"));
+        self.leases.push(LeaseChange::Revoked { id });
+        Ok(self.current())
+    }
+
+    /// A lease whose deadline passed: revoked as by its owner. One already
+    /// gone only loses its clock.
+    pub fn lease_expire(&mut self, id: i64) {
+        match self.lease_revoke(id) {
+            Ok(_) => {}
+            Err(_) => self.leases.push(LeaseChange::Revoked { id }),
+        }
+    }
+
+    /// Applies a change set: refused with [`Error::Changed`] if a key is not
+    /// at the mod revision it expects; otherwise every change, as one
+    /// revision (none when nothing changes). A merged-in key keeps the lease
+    /// it has here; a new one has none (leases are local).
+    pub fn change_set(&mut self, set: &ChangeSet) -> Result<Option<i64>, Error> {
+        for c in &set.changes {
+            let found = self.state.kvs.get(c.key.as_ref()).map_or(0, |kv| kv.meta.mod_revision);
+            if found != c.expect_mod {
+                return Err(Error::Changed {
+                    key: String::from_utf8_lossy(&c.key).into_owned(),
+                    expected: c.expect_mod,
+                    found,
+                });
+            }
+        }
+        for c in &set.changes {
+            match &c.new {
+                Some(new) => {
+                    let lease = self.state.kvs.get(c.key.as_ref()).map_or(0, |kv| kv.meta.lease);
+                    let unchanged = self
+                        .state
+                        .kvs
+                        .get(c.key.as_ref())
+                        .is_some_and(|kv| kv.value == new.value);
+                    if !unchanged {
+                        self.put_in_txn(&PutRequest {
+                            key: c.key.clone(),
+                            value: new.value.clone(),
+                            lease,
+                            ..Default::default()
+                        })?;
+                    }
+                }
+                None => {
+                    self.delete_range(&DeleteRangeRequest {
+                        key: c.key.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        if self.changes.is_empty() {
+            return Ok(None);
+        }
+        self.own_commit = Some(OwnCommit {
+            parents: set.parents.clone(),
+            fast_forward: set.fast_forward,
+            computed_on: set.computed_on,
+            message: set.message.clone(),
+        });
+        Ok(Some(self.next()))
     }
 }
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::apply::Change;
-use super::{Kv, Revisions, StoreError, history};
+use super::revisions::Revisions;
+use super::{CorruptError, Error, Kv, history};
 use crate::meta;
 use crate::repo::{Kind, LocalRepo, tree};
 
@@ -74,13 +75,13 @@ impl Window {
 
 /// Rebuilds the events of revision `rev` from Git: the keys whose metadata
 /// blobs differ between revision `rev - 1` and `rev`.
-pub fn from_git(repo: &LocalRepo, index: &Revisions, rev: i64) -> Result<RevisionEvents, StoreError> {
-    let now = index.get(rev).ok_or(StoreError::Compacted)?;
+pub fn from_git(repo: &LocalRepo, index: &Revisions, rev: i64) -> Result<RevisionEvents, Error> {
+    let now = index.get(rev).ok_or(Error::Compacted)?;
     if let Some((group, first)) = now.group {
         return from_log(repo, index, (group, &index.log(repo, group)?), first, rev);
     }
     let before = index.get(rev - 1);
-    let keys_tree = |commit: gix::ObjectId| -> Result<Option<gix::ObjectId>, StoreError> {
+    let keys_tree = |commit: gix::ObjectId| -> Result<Option<gix::ObjectId>, Error> {
         let tree = repo.commit(commit)?.tree;
         Ok(repo.lookup(tree, &[meta::KEYS_DIR.as_bytes()])?.map(|e| e.id))
     };
@@ -101,23 +102,21 @@ pub fn from_git(repo: &LocalRepo, index: &Revisions, rev: i64) -> Result<Revisio
     let mut changes = Vec::new();
     for (path, blob) in tree::diff_files(repo, old_keys, new_keys)? {
         let new = match blob {
-            Some(b) => {
-                Some(meta::decode_key(&repo.read(b, Kind::Blob)?).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-            }
+            Some(b) => Some(decode_key_blob(repo, b)?),
             None => None,
         };
         let key = match &new {
             Some((k, _)) => k.clone(),
             None => {
                 // Removed: the key is named in the old blob.
-                let old_tree = old_keys.ok_or_else(|| StoreError::Corrupt("a removed key without a tree".into()))?;
+                // (`diff_files` reports a removal only when there was an
+                // old tree holding it.)
+                let old_tree = old_keys.expect("a removed entry comes from the old tree");
                 let names: Vec<&[u8]> = path.iter().map(Vec::as_slice).collect();
                 let entry = repo
                     .lookup(old_tree, &names)?
-                    .ok_or_else(|| StoreError::Corrupt("a removed key's metadata is missing".into()))?;
-                meta::decode_key(&repo.read(entry.id, Kind::Blob)?)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?
-                    .0
+                    .expect("a removed entry is in the old tree");
+                decode_key_blob(repo, entry.id)?.0
             }
         };
         let key = Bytes::from(key);
@@ -153,15 +152,19 @@ fn from_log(
     (group, log): (gix::ObjectId, &[meta::LogRevision]),
     first: i64,
     rev: i64,
-) -> Result<RevisionEvents, StoreError> {
+) -> Result<RevisionEvents, Error> {
     let earlier: Vec<&meta::LogRevision> = log.iter().take_while(|r| r.revision < rev).collect();
     let this = log
         .iter()
         .find(|r| r.revision == rev)
-        .ok_or_else(|| StoreError::Corrupt(format!("grouped commit {group} has no log of revision {rev}")))?;
-    let base = index
-        .get(first - 1)
-        .ok_or_else(|| StoreError::Corrupt(format!("no revision {} before grouped commit {group}", first - 1)))?;
+        .ok_or(CorruptError::NoLogRevision {
+            revision: rev,
+            commit: group,
+        })?;
+    let base = index.get(first - 1).ok_or(CorruptError::NoBase {
+        revision: first - 1,
+        commit: group,
+    })?;
     let mut changes = Vec::with_capacity(this.changes.len());
     for c in &this.changes {
         let logged = earlier
@@ -185,14 +188,21 @@ fn from_log(
     Ok(RevisionEvents { revision: rev, changes })
 }
 
-fn value_at(repo: &LocalRepo, data_tree: gix::ObjectId, key: &Bytes) -> Result<Bytes, StoreError> {
+fn value_at(repo: &LocalRepo, data_tree: gix::ObjectId, key: &Bytes) -> Result<Bytes, Error> {
     let range = super::KeyRange::Single(key.clone());
     let found = history::files_in(repo, data_tree, &range)?;
     match found.into_iter().next() {
         Some((_, blob)) => Ok(Bytes::from(repo.read(blob, Kind::Blob)?)),
-        None => Err(StoreError::Corrupt(format!(
-            "key {:?} has metadata but no file in tree {data_tree}",
-            String::from_utf8_lossy(key)
-        ))),
+        None => Err(CorruptError::MissingFileInTree {
+            key: String::from_utf8_lossy(key).into_owned(),
+            tree: data_tree,
+        }
+        .into()),
     }
+}
+
+/// A key's metadata blob, decoded.
+fn decode_key_blob(repo: &LocalRepo, blob: gix::ObjectId) -> Result<(Vec<u8>, meta::KeyMeta), Error> {
+    Ok(meta::decode_key(&repo.read(blob, Kind::Blob)?)
+        .map_err(|source| CorruptError::MalformedBlob { blob, source })?)
 }

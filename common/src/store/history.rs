@@ -5,24 +5,21 @@
 
 use bytes::Bytes;
 
-use super::{KeyRange, Kv, RevisionCommits, StoreError};
+use super::revisions::{RevisionCommits, Revisions};
+use super::{CorruptError, Error, KeyRange, Kv};
 use crate::keys;
 use crate::meta;
 use crate::repo::{Kind, LocalRepo, tree};
 
 /// Every live key of `range` at revision `rev`, found through `revisions`.
-pub fn read_at(
-    repo: &LocalRepo,
-    revisions: &super::Revisions,
-    rev: i64,
-    range: &KeyRange,
-) -> Result<Vec<(Bytes, Kv)>, StoreError> {
+pub fn read_at(repo: &LocalRepo, revisions: &Revisions, rev: i64, range: &KeyRange) -> Result<Vec<(Bytes, Kv)>, Error> {
     let (commits, base) = {
         let index = revisions.index.read().expect("revision index lock is never poisoned");
-        let commits = index.get(rev).ok_or(StoreError::Compacted)?;
+        let commits = index.get(rev).ok_or(Error::Compacted)?;
         let base = match commits.group {
-            Some((_, first)) if !commits.exact => Some(index.get(first - 1).ok_or_else(|| {
-                StoreError::Corrupt(format!("no revision {} before the group of revision {rev}", first - 1))
+            Some((group, first)) if !commits.exact => Some(index.get(first - 1).ok_or(CorruptError::NoBase {
+                revision: first - 1,
+                commit: group,
             })?),
             _ => None,
         };
@@ -52,32 +49,32 @@ pub fn read_at(
 }
 
 /// The revisions recorded in the `log` of grouped metadata commit `commit`.
-pub fn group_log(repo: &LocalRepo, commit: gix::ObjectId) -> Result<Vec<meta::LogRevision>, StoreError> {
+pub fn group_log(repo: &LocalRepo, commit: gix::ObjectId) -> Result<Vec<meta::LogRevision>, Error> {
     let tree = repo.commit(commit)?.tree;
-    let corrupt = |m: String| StoreError::Corrupt(format!("grouped metadata commit {commit}: {m}"));
     let entry = repo
         .lookup(tree, &[meta::LOG_ENTRY.as_bytes()])?
-        .ok_or_else(|| corrupt("no `log` entry".into()))?;
+        .ok_or(CorruptError::MissingEntry {
+            commit,
+            entry: meta::LOG_ENTRY,
+        })?;
     let blob = Bytes::from(repo.read(entry.id, Kind::Blob)?);
-    meta::decode_log(&blob).map_err(|e| corrupt(e.to_string()))
+    Ok(meta::decode_log(&blob).map_err(|source| CorruptError::Malformed {
+        commit,
+        entry: meta::LOG_ENTRY.into(),
+        source,
+    })?)
 }
 
 /// Every live key of `range` at the revision of `commits`, in key order.
-pub fn read_range(
-    repo: &LocalRepo,
-    commits: RevisionCommits,
-    range: &KeyRange,
-) -> Result<Vec<(Bytes, Kv)>, StoreError> {
+pub fn read_range(repo: &LocalRepo, commits: RevisionCommits, range: &KeyRange) -> Result<Vec<(Bytes, Kv)>, Error> {
     let data_tree = repo.commit(commits.data)?.tree;
     let meta_tree = repo.commit(commits.metadata)?.tree;
     let files = files_in(repo, data_tree, range)?;
     let mut result = Vec::with_capacity(files.len());
     for (key, blob) in files {
-        let meta = key_meta(repo, meta_tree, &key)?.ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "metadata tree {meta_tree} has no entry for key {:?}",
-                String::from_utf8_lossy(&key)
-            ))
+        let meta = key_meta(repo, meta_tree, &key)?.ok_or_else(|| CorruptError::MissingKeyMeta {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            tree: meta_tree,
         })?;
         let value = Bytes::from(repo.read(blob, Kind::Blob)?);
         result.push((key, Kv { meta, value }));
@@ -91,7 +88,7 @@ pub fn files_in(
     repo: &LocalRepo,
     data_tree: gix::ObjectId,
     range: &KeyRange,
-) -> Result<Vec<(Bytes, gix::ObjectId)>, StoreError> {
+) -> Result<Vec<(Bytes, gix::ObjectId)>, Error> {
     Ok(match range {
         KeyRange::Single(key) => single_file(repo, data_tree, key)?.into_iter().collect(),
         KeyRange::Interval { start, end } => {
@@ -121,7 +118,7 @@ pub fn files_in(
 }
 
 /// The metadata of `key` in metadata tree `meta_tree`, if it is live there.
-pub fn key_meta(repo: &LocalRepo, meta_tree: gix::ObjectId, key: &[u8]) -> Result<Option<meta::KeyMeta>, StoreError> {
+pub fn key_meta(repo: &LocalRepo, meta_tree: gix::ObjectId, key: &[u8]) -> Result<Option<meta::KeyMeta>, Error> {
     let [shard, rest] = meta::key_path(key);
     let Some(entry) = repo.lookup(
         meta_tree,
@@ -130,7 +127,8 @@ pub fn key_meta(repo: &LocalRepo, meta_tree: gix::ObjectId, key: &[u8]) -> Resul
     else {
         return Ok(None);
     };
-    let (_, m) = meta::decode_key(&repo.read(entry.id, Kind::Blob)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let (_, m) = meta::decode_key(&repo.read(entry.id, Kind::Blob)?)
+        .map_err(|source| CorruptError::MalformedBlob { blob: entry.id, source })?;
     Ok(Some(m))
 }
 
@@ -138,7 +136,7 @@ fn single_file(
     repo: &LocalRepo,
     data_tree: gix::ObjectId,
     key: &Bytes,
-) -> Result<Option<(Bytes, gix::ObjectId)>, StoreError> {
+) -> Result<Option<(Bytes, gix::ObjectId)>, Error> {
     let path = keys::encode(key);
     let names: Vec<&[u8]> = path.iter().map(|s| s.as_bytes()).collect();
     Ok(match repo.lookup(data_tree, &names)? {

@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 
-use super::{Kv, Snapshot, StoreError};
+use super::{Error, Kv, Snapshot};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, range_request};
 
 /// The keys a request names: etcd's `key` + `range_end` rule.
@@ -59,13 +59,13 @@ impl KeyRange {
 
 /// Checks a Range's `revision` against the snapshot the way etcd's
 /// `rangeKeys` does. `None` means "read the snapshot itself".
-pub fn read_revision(snap: &Snapshot, revision: i64) -> Result<Option<i64>, StoreError> {
+pub fn read_revision(snap: &Snapshot, revision: i64) -> Result<Option<i64>, Error> {
     if revision > snap.revision {
-        return Err(StoreError::FutureRevision);
+        return Err(Error::FutureRevision);
     }
     let rev = if revision <= 0 { snap.revision } else { revision };
     if rev < snap.compact_revision {
-        return Err(StoreError::Compacted);
+        return Err(Error::Compacted);
     }
     Ok((rev != snap.revision).then_some(rev))
 }

@@ -1,14 +1,23 @@
-//! The repository's packs over time. Each write group's pack is written
-//! durably by [`Packs::write`]; a background thread then folds every
-//! [`FOLD_AFTER`] of them into one pack whose trees are deltas against their
-//! previous versions ([`pack::fold`]), and merges packs geometrically (as
-//! `git repack --geometric=2` would) so that their number stays logarithmic
-//! in the repository's size. A merge copies entries as they are stored: no
+//! Who keeps a repository's packs few and compact, and how.
+//!
+//! Each write group's pack is written durably by [`Packs::write`]. The one
+//! process that owns the repository's pack maintenance (the holder of
+//! `gitcd/maintenance.lock` in the Git directory, see [`Maintenance`]) runs a
+//! background thread that folds every [`FOLD_AFTER`] of its own group packs
+//! into one pack whose trees are deltas against their previous versions
+//! ([`pack::fold`]), and consolidates packs geometrically (as `git repack
+//! --geometric=2` would) so that their number stays logarithmic in the
+//! repository's size. A consolidation copies entries as they are stored: no
 //! inflating, no delta search, no walk of history.
 //!
-//! Readers (gix) re-read the pack directory on a miss and retry when a pack
-//! they knew has gone, so packs can be replaced under them. A pack is
-//! deleted only after the pack that holds its objects is durable.
+//! What it leaves alone: packs with a `.keep` (Git's protocol for a pack whose
+//! refs are not updated yet: `git receive-pack` and `git fetch` write one
+//! while they work) or `.promisor` file, packs without an index (not
+//! complete), every pack while a `multi-pack-index` exists, and everything
+//! while `git gc` runs (its `gc.pid`). Readers (gix, git) re-read the pack
+//! directory on a miss and retry when a pack they knew has gone, so packs can
+//! be replaced under them. A pack is deleted only after the pack that holds
+//! its objects is durable.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -16,11 +25,23 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use super::lock::{OwnerLock, maintenance_lock_path};
 use super::pack::{self, OFS_DELTA, PackBuilder, PackWriter};
 use super::{RepoError, io_err};
+
+/// Whether a process may maintain the packs of the repository it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Maintenance {
+    /// Maintain them if no other process does (the first to take the lock).
+    #[default]
+    Auto,
+    /// Never: someone else does (`git gc`, `git maintenance`, a person).
+    Off,
+}
 
 /// A group pack written: its path, and its contents for folding.
 type Written = (PathBuf, PackBuilder);
@@ -34,14 +55,21 @@ const FOLD_MEMORY: usize = 64 << 20;
 /// writer waits beyond (backpressure). A fold takes a fraction of a second,
 /// and the groups written meanwhile must not make the writer wait.
 const FOLD_QUEUE_MEMORY: usize = 64 << 20;
-/// A pack is merged with the smaller ones when it is less than this many
-/// times as large as all of them together.
+/// A pack is consolidated with the smaller ones when it is less than this
+/// many times as large as all of them together.
 const GEOMETRIC_FACTOR: u64 = 2;
+/// How often an idle maintainer looks at the pack directory (others' packs:
+/// a fetch, a push, a gitcd that does not maintain).
+const IDLE_LOOK: Duration = Duration::from_secs(30);
+/// A `gc.pid` older than this is left by a `git gc` that died (git's rule).
+const GC_PID_STALE: Duration = Duration::from_secs(12 * 3600);
 
+/// The packs this process writes, and (if it owns maintenance) the thread
+/// that folds and consolidates them.
 pub struct Packs {
     pack_dir: PathBuf,
     bytes_written: AtomicU64,
-    /// Group packs written and not folded yet: merges leave them alone.
+    /// Group packs written and not folded yet: consolidations leave them alone.
     unfolded: Arc<Mutex<HashSet<PathBuf>>>,
     /// Bytes sent to the folder and not yet taken.
     queued: Arc<AtomicUsize>,
@@ -49,24 +77,38 @@ pub struct Packs {
 }
 
 impl Packs {
-    pub(super) fn new(git_dir: &Path) -> Self {
+    pub(super) fn new(git_dir: &Path, maintenance: Maintenance) -> Self {
         let pack_dir = git_dir.join("objects").join("pack");
-        let (to_folder, written) = std::sync::mpsc::channel();
         let unfolded = Arc::new(Mutex::new(HashSet::new()));
         let queued = Arc::new(AtomicUsize::new(0));
-        let folder = {
+        let lock = match maintenance {
+            Maintenance::Off => None,
+            Maintenance::Auto => match OwnerLock::try_take(&maintenance_lock_path(git_dir), "maintains packs") {
+                Ok(Ok(lock)) => Some(lock),
+                Ok(Err(holder)) => {
+                    tracing::info!(%holder, "another process maintains this repository's packs");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::chain(&e), "cannot take the pack maintenance lock; packs are not maintained");
+                    None
+                }
+            },
+        };
+        let folder = lock.and_then(|lock| {
+            let (to_folder, written) = std::sync::mpsc::channel();
             let (pack_dir, unfolded, queued) = (pack_dir.clone(), unfolded.clone(), queued.clone());
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("gitcd-fold".into())
-                .spawn(move || Folder::new(pack_dir, unfolded).run(written, &queued))
-        };
-        let folder = match folder {
-            Ok(thread) => Some((to_folder, thread)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the thread that folds packs; packs accumulate");
-                None
+                .spawn(move || Folder::new(pack_dir, unfolded, lock).run(written, &queued));
+            match spawned {
+                Ok(thread) => Some((to_folder, thread)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the thread that folds packs; packs accumulate");
+                    None
+                }
             }
-        };
+        });
         Self {
             pack_dir,
             bytes_written: AtomicU64::new(0),
@@ -79,6 +121,11 @@ impl Packs {
     /// Total bytes of pack data written by [`Packs::write`].
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Whether this process maintains the repository's packs.
+    pub fn maintains(&self) -> bool {
+        self.folder.is_some()
     }
 
     /// Writes `pack` durably; its objects are then visible to readers.
@@ -98,7 +145,7 @@ impl Packs {
             // A folder that died leaves the packs as they are.
             let _ = to_folder.send((path, pack));
             while self.queued.load(Ordering::Relaxed) > FOLD_QUEUE_MEMORY && !thread.is_finished() {
-                std::thread::sleep(std::time::Duration::from_millis(1));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         Ok(())
@@ -107,7 +154,7 @@ impl Packs {
 
 impl Drop for Packs {
     fn drop(&mut self) {
-        // Let the folder finish the fold or merge it is making.
+        // Let the folder finish the fold or consolidation it is making.
         if let Some((to_folder, thread)) = self.folder.take() {
             drop(to_folder);
             let _ = thread.join();
@@ -115,50 +162,61 @@ impl Drop for Packs {
     }
 }
 
-/// The thread that folds group packs and merges packs.
+/// The thread that folds group packs and consolidates packs; it holds the
+/// maintenance lock for as long as it runs.
 struct Folder {
     pack_dir: PathBuf,
     unfolded: Arc<Mutex<HashSet<PathBuf>>>,
     /// Group packs written since the last fold, oldest first.
     waiting: Vec<Written>,
-    /// The merge running, if any: packs it merges are not picked again.
-    merge: Option<std::thread::JoinHandle<()>>,
+    /// The consolidation running, if any: packs it takes are not picked again.
+    consolidation: Option<std::thread::JoinHandle<()>>,
+    _lock: OwnerLock,
 }
 
 impl Folder {
-    fn new(pack_dir: PathBuf, unfolded: Arc<Mutex<HashSet<PathBuf>>>) -> Self {
+    fn new(pack_dir: PathBuf, unfolded: Arc<Mutex<HashSet<PathBuf>>>, lock: OwnerLock) -> Self {
         Self {
             pack_dir,
             unfolded,
             waiting: Vec::new(),
-            merge: None,
+            consolidation: None,
+            _lock: lock,
         }
     }
 
     fn run(mut self, written: Receiver<Written>, queued: &AtomicUsize) {
         remove_stale_temporaries(&self.pack_dir, STALE_TEMPORARY);
-        for group in written {
-            queued.fetch_sub(group.1.memory(), Ordering::Relaxed);
-            self.waiting.push(group);
-            let memory: usize = self.waiting.iter().map(|(_, p)| p.memory()).sum();
-            if self.waiting.len() >= FOLD_AFTER || memory >= FOLD_MEMORY {
-                self.fold();
-                self.start_merge();
+        loop {
+            match written.recv_timeout(IDLE_LOOK) {
+                Ok(group) => {
+                    queued.fetch_sub(group.1.memory(), Ordering::Relaxed);
+                    self.waiting.push(group);
+                    let memory: usize = self.waiting.iter().map(|(_, p)| p.memory()).sum();
+                    if self.waiting.len() >= FOLD_AFTER || memory >= FOLD_MEMORY {
+                        self.fold();
+                        self.start_consolidation();
+                    }
+                }
+                // Packs others added (fetches, pushes, another gitcd) are
+                // consolidated while this one is idle too.
+                Err(RecvTimeoutError::Timeout) => self.start_consolidation(),
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        if let Some(merge) = self.merge.take() {
-            let _ = merge.join();
+        if let Some(c) = self.consolidation.take() {
+            let _ = c.join();
         }
     }
 
     /// Writes the waiting group packs as one, then deletes them. A failure
-    /// leaves them for a later merge.
+    /// leaves them for a later consolidation.
     fn fold(&mut self) {
         let (paths, packs): (Vec<PathBuf>, Vec<PackBuilder>) = std::mem::take(&mut self.waiting).into_iter().unzip();
         let mut folded = pack::fold(&packs);
         drop(packs);
         if let Err(e) = folded.finish(&self.pack_dir) {
-            tracing::warn!(error = %e, "cannot write a folded pack; keeping the packs it folds");
+            tracing::warn!(error = %crate::error::chain(&e), "cannot write a folded pack; keeping the packs it folds");
             return;
         }
         let mut unfolded = self.unfolded.lock().expect("pack set lock is never poisoned");
@@ -168,48 +226,69 @@ impl Folder {
         }
     }
 
-    /// Starts merging packs on another thread, unless a merge is running.
-    fn start_merge(&mut self) {
-        if self.merge.as_ref().is_some_and(|m| !m.is_finished()) {
+    /// Starts consolidating packs on another thread, unless one is running
+    /// or `git gc` is.
+    fn start_consolidation(&mut self) {
+        if self.consolidation.as_ref().is_some_and(|m| !m.is_finished()) {
             return;
         }
-        if let Some(done) = self.merge.take() {
+        if let Some(done) = self.consolidation.take() {
             let _ = done.join();
         }
+        if git_gc_running(&self.pack_dir) {
+            tracing::debug!("git gc is running: packs are its until it ends");
+            return;
+        }
         let unfolded = self.unfolded.lock().expect("pack set lock is never poisoned").clone();
-        let picked = match pick_merge(&self.pack_dir, &unfolded) {
+        let picked = match pick_consolidation(&self.pack_dir, &unfolded) {
             Ok(picked) if picked.len() >= 2 => picked,
             Ok(_) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot list packs to merge");
+                tracing::warn!(error = %crate::error::chain(&e), "cannot list packs to consolidate");
                 return;
             }
         };
         let pack_dir = self.pack_dir.clone();
-        let spawned = std::thread::Builder::new().name("gitcd-merge".into()).spawn(move || {
-            if let Err(e) = merge(&pack_dir, &picked) {
-                tracing::warn!(error = %e, packs = picked.len(), "cannot merge packs; they stay as they are");
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("gitcd-consolidate".into())
+            .spawn(move || {
+                if let Err(e) = consolidate(&pack_dir, &picked) {
+                    tracing::warn!(error = %crate::error::chain(&e), packs = picked.len(), "cannot consolidate packs; they stay as they are");
+                }
+            });
         match spawned {
-            Ok(thread) => self.merge = Some(thread),
-            Err(e) => tracing::warn!(error = %e, "cannot start a pack merge"),
+            Ok(thread) => self.consolidation = Some(thread),
+            Err(e) => tracing::warn!(error = %e, "cannot start a pack consolidation"),
         }
     }
 }
 
-/// The packs to merge so that every pack left is at least
+/// Whether `git gc` holds the repository (its fresh `gc.pid`).
+fn git_gc_running(pack_dir: &Path) -> bool {
+    let Some(git_dir) = pack_dir.parent().and_then(Path::parent) else {
+        return false;
+    };
+    fs::metadata(git_dir.join("gc.pid"))
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < GC_PID_STALE))
+}
+
+/// The packs to consolidate so that every pack left is at least
 /// [`GEOMETRIC_FACTOR`] times as large as all smaller ones together:
 /// the smallest packs, up to the largest one that breaks that rule. Group
 /// packs not folded yet are the folder's; packs marked `.keep` or
 /// `.promisor`, and every pack while a multi-pack index exists, are left to
 /// Git's own maintenance.
-fn pick_merge(pack_dir: &Path, unfolded: &HashSet<PathBuf>) -> Result<Vec<PathBuf>, RepoError> {
+fn pick_consolidation(pack_dir: &Path, unfolded: &HashSet<PathBuf>) -> Result<Vec<PathBuf>, RepoError> {
     if pack_dir.join("multi-pack-index").exists() {
         return Ok(Vec::new());
     }
     let mut packs = Vec::new();
-    for entry in fs::read_dir(pack_dir).map_err(io_err(pack_dir))? {
+    let entries = match fs::read_dir(pack_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        entries => entries.map_err(io_err(pack_dir))?,
+    };
+    for entry in entries {
         let path = entry.map_err(io_err(pack_dir))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if !(name.starts_with("pack-") && name.ends_with(".pack"))
@@ -237,10 +316,10 @@ fn pick_merge(pack_dir: &Path, unfolded: &HashSet<PathBuf>) -> Result<Vec<PathBu
     Ok(packs.into_iter().take(cut).map(|(_, p)| p).collect())
 }
 
-/// Merges `packs` into one pack, then deletes them. Entries are copied as
+/// Consolidates `packs` into one pack, then deletes them. Entries are copied as
 /// stored; a delta's offset to its base is rewritten for its new place, and
 /// an object found in an earlier pack is copied once.
-fn merge(pack_dir: &Path, packs: &[PathBuf]) -> Result<(), RepoError> {
+fn consolidate(pack_dir: &Path, packs: &[PathBuf]) -> Result<(), RepoError> {
     let indexes = packs
         .iter()
         .map(|p| pack::read_index(&p.with_extension("idx")))
@@ -248,7 +327,7 @@ fn merge(pack_dir: &Path, packs: &[PathBuf]) -> Result<(), RepoError> {
     let unique: HashSet<gix::ObjectId> = indexes.iter().flatten().map(|e| e.id).collect();
     let count = u32::try_from(unique.len()).expect("a pack holds fewer than 2^32 objects");
     let mut out = PackWriter::create(pack_dir, count)?;
-    // Where each object went in the merged pack.
+    // Where each object went in the consolidated pack.
     let mut placed: HashMap<gix::ObjectId, u64> = HashMap::with_capacity(unique.len());
     for (path, mut index) in packs.iter().zip(indexes) {
         let corrupt = |m: String| RepoError::Io {
@@ -306,7 +385,11 @@ fn merge(pack_dir: &Path, packs: &[PathBuf]) -> Result<(), RepoError> {
     }
     out.finish()?;
     for pack in packs {
-        remove_pack(pack);
+        // Someone may have marked it to keep meanwhile: its objects are in
+        // both packs then, which is harmless.
+        if !pack.with_extension("keep").exists() {
+            remove_pack(pack);
+        }
     }
     Ok(())
 }
@@ -367,7 +450,8 @@ fn remove_pack(pack: &Path) {
 #[cfg(test)]
 mod tests {
     use super::super::git_cli::{cat_file, run};
-    use super::super::{Kind, Repo, object_id};
+    use super::super::objects::object_id;
+    use super::super::{Kind, Repo};
     use super::*;
 
     fn git(args: &[&str]) -> anyhow::Result<String> {
@@ -386,9 +470,9 @@ mod tests {
     }
 
     /// A pack made by git (with its own deltas), a folded pack and a group
-    /// pack, sharing objects, merge into one pack that git checks and reads.
+    /// pack, sharing objects, consolidate into one pack that git checks and reads.
     #[test]
-    fn merged_packs_keep_every_object() -> anyhow::Result<()> {
+    fn consolidated_packs_keep_every_object() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let work = dir.path().join("work");
         let w = work.to_str().expect("a UTF-8 temp path");
@@ -446,10 +530,10 @@ mod tests {
             .map(|p| pack::read_index(&p.with_extension("idx")).map(|i| i.len()))
             .sum::<Result<_, _>>()?;
 
-        merge(&pack_dir, &packs)?;
-        let merged = packs_in(&pack_dir)?;
-        assert_eq!(merged.len(), 1, "{merged:?}");
-        let index = pack::read_index(&merged[0].with_extension("idx"))?;
+        consolidate(&pack_dir, &packs)?;
+        let consolidated = packs_in(&pack_dir)?;
+        assert_eq!(consolidated.len(), 1, "{consolidated:?}");
+        let index = pack::read_index(&consolidated[0].with_extension("idx"))?;
         assert!(
             index.len() < total,
             "duplicates are kept once: {} of {total}",
@@ -460,7 +544,7 @@ mod tests {
             git_dir.to_str().expect("UTF-8"),
             "verify-pack",
             "-v",
-            &merged[0].with_extension("idx").display().to_string(),
+            &consolidated[0].with_extension("idx").display().to_string(),
         ])?;
         assert!(verified.contains("chain length = 1:"), "deltas survive: {verified}");
         git(&["-C", w, "fsck", "--strict", "--no-dangling"])?;
@@ -502,7 +586,7 @@ mod tests {
         Ok(())
     }
 
-    /// Packs are merged from the smallest up to the largest one that is
+    /// Packs are consolidated from the smallest up to the largest one that is
     /// less than twice all smaller ones together; unfolded packs stay.
     #[test]
     fn geometric_pick() -> anyhow::Result<()> {
@@ -520,7 +604,7 @@ mod tests {
                     skip.insert(pack);
                 }
             }
-            Ok(pick_merge(dir.path(), &skip)?
+            Ok(pick_consolidation(dir.path(), &skip)?
                 .iter()
                 .map(|p| {
                     sizes

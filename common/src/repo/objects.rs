@@ -1,0 +1,227 @@
+//! Reading objects, and writing them durably: a group's objects are
+//! collected in memory and written as one pack, fsynced before any ref may
+//! point at them.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use gix::ObjectId;
+
+use super::maintenance::{Maintenance, Packs};
+use super::pack::PackBuilder;
+use super::{Kind, LocalRepo, RepoError, io_err, tree};
+
+impl LocalRepo {
+    /// Reads the raw bytes of object `id`, checking its kind.
+    pub fn read(&self, id: ObjectId, expected: Kind) -> Result<Vec<u8>, RepoError> {
+        let obj = self
+            .git
+            .find_object(id)
+            .map_err(|source| RepoError::Read { id, source })?;
+        let actual = match obj.kind {
+            gix::object::Kind::Blob => Kind::Blob,
+            gix::object::Kind::Tree => Kind::Tree,
+            gix::object::Kind::Commit => Kind::Commit,
+            gix::object::Kind::Tag => {
+                return Err(RepoError::Kind {
+                    id,
+                    actual: "tag",
+                    expected: expected.name(),
+                });
+            }
+        };
+        if actual != expected {
+            return Err(RepoError::Kind {
+                id,
+                actual: actual.name(),
+                expected: expected.name(),
+            });
+        }
+        Ok(obj.detach().data)
+    }
+
+    /// Whether object `id` exists (in any pack or loose).
+    pub fn has(&self, id: ObjectId) -> bool {
+        self.git.has_object(id)
+    }
+
+    /// Reads and parses tree `id` into its entries, in Git's order.
+    pub fn tree_entries(&self, id: ObjectId) -> Result<Vec<tree::RawEntry>, RepoError> {
+        let data = self.read(id, Kind::Tree)?;
+        tree::parse(id, &data)
+    }
+
+    /// Looks up `path` (entry names) below tree `root`.
+    pub fn lookup(&self, root: ObjectId, path: &[&[u8]]) -> Result<Option<tree::RawEntry>, RepoError> {
+        let mut current = root;
+        let mut found = None;
+        for (i, name) in path.iter().enumerate() {
+            let entries = self.tree_entries(current)?;
+            match entries.into_iter().find(|e| e.name == *name) {
+                Some(e) if i + 1 == path.len() => found = Some(e),
+                Some(e) if e.is_tree() => current = e.id,
+                _ => return Ok(None),
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Collects objects into one pack in memory, a group at a time. An object is
+/// readable only once its pack is written ([`ObjectWriter::sync`]), and
+/// nothing may point at it before.
+pub struct ObjectWriter {
+    pending: PackBuilder,
+    packs: Packs,
+}
+
+/// Pack bytes held in memory before they are written out unasked.
+const MAX_PENDING_PACK: usize = 64 << 20;
+
+impl ObjectWriter {
+    /// A writer into the repository at `git_dir`; `maintenance` says whether
+    /// this process may fold and consolidate the repository's packs (see
+    /// [`super::maintenance`]).
+    pub fn new(git_dir: &Path, maintenance: Maintenance) -> Self {
+        Self {
+            pending: PackBuilder::default(),
+            packs: Packs::new(git_dir, maintenance),
+        }
+    }
+
+    /// Total bytes of pack data written.
+    pub fn bytes_written(&self) -> u64 {
+        self.packs.bytes_written()
+    }
+
+    /// Whether this writer maintains the repository's packs.
+    pub fn maintains(&self) -> bool {
+        self.packs.maintains()
+    }
+
+    /// Whether objects await [`ObjectWriter::sync`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Adds one object to the pending pack and returns its id.
+    pub fn write(&mut self, kind: Kind, data: &[u8]) -> Result<ObjectId, RepoError> {
+        let id = object_id(kind, data);
+        self.pending.add(id, kind, data);
+        self.spill()?;
+        Ok(id)
+    }
+
+    /// Adds a tree, which replaces tree `previous` (if any), and returns its
+    /// id.
+    pub fn write_tree(&mut self, content: Vec<u8>, previous: Option<ObjectId>) -> Result<ObjectId, RepoError> {
+        let id = object_id(Kind::Tree, &content);
+        self.pending.add_tree(id, content, previous);
+        self.spill()?;
+        Ok(id)
+    }
+
+    /// A long catch-up (gitcd-init over a big history) must not hold all of
+    /// it in memory: packs written early are harmless, since nothing points
+    /// at their objects before the refs move.
+    fn spill(&mut self) -> Result<(), RepoError> {
+        if self.pending.memory() >= MAX_PENDING_PACK {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every object written so far durable and visible, as one pack.
+    pub fn sync(&mut self) -> Result<(), RepoError> {
+        self.packs.write(std::mem::take(&mut self.pending))
+    }
+
+    /// Drops objects not yet synced (a failed group).
+    pub fn discard(&mut self) {
+        self.pending = PackBuilder::default();
+    }
+}
+
+/// The id of object `data` of `kind`.
+pub(super) fn object_id(kind: Kind, data: &[u8]) -> ObjectId {
+    let header = format!("{} {}\0", kind.name(), data.len());
+    let mut hasher = <sha1::Sha1 as sha1::Digest>::new();
+    sha1::Digest::update(&mut hasher, header.as_bytes());
+    sha1::Digest::update(&mut hasher, data);
+    ObjectId::from_bytes_or_panic(&sha1::Digest::finalize(hasher))
+}
+
+pub(super) fn sync_file(path: &Path) -> Result<(), RepoError> {
+    fs::File::open(path).and_then(|f| f.sync_all()).map_err(io_err(path))
+}
+
+pub(super) fn sync_dir(path: &Path) -> Result<(), RepoError> {
+    sync_file(path)
+}
+
+/// Threads that fsync a ref transaction's files and directories.
+const SYNC_THREADS: usize = 8;
+
+/// fsyncs files or directories on up to [`SYNC_THREADS`] threads.
+pub(super) fn sync_all(paths: &[PathBuf]) -> Result<(), RepoError> {
+    if paths.len() <= 1 {
+        return paths.iter().try_for_each(|p| sync_file(p));
+    }
+    let chunk = paths.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = paths
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().try_for_each(|p| sync_file(p))))
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join().unwrap_or_else(|_| {
+                Err(RepoError::Io {
+                    path: PathBuf::from("fsync worker"),
+                    source: io::Error::other("an fsync thread panicked"),
+                })
+            })
+        })
+    })
+}
+
+/// Total size of the files below `dir` (the repository's object store).
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our object ids are Git's.
+    #[test]
+    fn object_ids_match_git() {
+        assert_eq!(
+            object_id(Kind::Blob, b"").to_string(),
+            "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+        );
+        assert_eq!(
+            object_id(Kind::Blob, b"hello\n").to_string(),
+            "ce013625030ba8dba906f756967f9e9ca394464a"
+        );
+        assert_eq!(
+            object_id(Kind::Tree, b"").to_string(),
+            "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+        );
+    }
+}

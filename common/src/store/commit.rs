@@ -1,0 +1,244 @@
+//! Turning revisions into commits: a data commit (one file per key) and a
+//! metadata commit (one blob per key, the root entries, the `log` of a
+//! grouped commit), both with the revision as their message. The objects
+//! are written but not yet durable: `Writer::persist` makes them so.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gix::ObjectId;
+
+use super::apply::OwnCommit;
+use super::revisions::RevisionCommits;
+use super::writer::Writer;
+use super::{Kv, RevisionEvents, StorageError};
+use crate::keys;
+use crate::meta::{self, LeaseRecord};
+use crate::repo::{self, Kind, RepoError, TreeNode};
+
+/// Where a revision's data commit comes from.
+pub(super) enum DataCommit<'a> {
+    /// A new commit on top of the head, with these extra parents (a merge).
+    New { extra_parents: &'a [ObjectId] },
+    /// A commit that already holds the change (someone else's, or the head a
+    /// fast-forward moves to): the data tree is already its tree.
+    Existing(ObjectId),
+}
+
+impl DataCommit<'_> {
+    pub fn new() -> Self {
+        DataCommit::New { extra_parents: &[] }
+    }
+}
+
+impl Writer {
+    /// Writes the commits of `revisions` (consecutive, one or several): a
+    /// data commit as `data` says and a metadata commit, which records each
+    /// revision's changes in its `log` when there are several or when one
+    /// changed several keys. `notes` say what else changed (leases,
+    /// compaction, what was merged).
+    pub(super) fn write_commits(
+        &mut self,
+        revisions: &[Arc<RevisionEvents>],
+        data: DataCommit<'_>,
+        notes: &[String],
+    ) -> Result<(), StorageError> {
+        let (Some(first), Some(last)) = (revisions.first(), revisions.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.revision, last.revision);
+        let external = matches!(data, DataCommit::Existing(_));
+        // Each key's state after the last revision.
+        let mut finals: BTreeMap<&Bytes, Option<&Kv>> = BTreeMap::new();
+        for c in revisions.iter().flat_map(|r| &r.changes) {
+            finals.insert(&c.key, c.new.as_ref());
+        }
+        for (key, new) in finals {
+            let [shard, rest] = meta::key_path(key);
+            let meta_path = [meta::KEYS_DIR.to_owned(), shard, rest];
+            match new {
+                Some(kv) => {
+                    if !external {
+                        let blob = self.objects.write(Kind::Blob, &kv.value)?;
+                        self.data_tree.put(&self.repo, &keys::encode(key), blob)?;
+                    }
+                    let blob = self.objects.write(Kind::Blob, &meta::encode_key(key, &kv.meta))?;
+                    self.meta_tree.put(&self.repo, &meta_path, blob)?;
+                }
+                None => {
+                    if !external {
+                        self.data_tree.remove(&self.repo, &keys::encode(key))?;
+                    }
+                    self.meta_tree.remove(&self.repo, &meta_path)?;
+                }
+            }
+        }
+        let mut message = if first == last {
+            last.to_string()
+        } else {
+            format!("{first}-{last}")
+        };
+        if !notes.is_empty() {
+            message = format!("{message}\n\n{}", notes.join("\n"));
+        }
+        // The log keeps what the trees cannot: the state at each revision
+        // inside a group, and the order of a txn's changes (etcd's event
+        // order). Commits made by others have neither. The metadata message
+        // tells readers whether there is one.
+        let logged = !external && (first != last || revisions.iter().any(|r| r.changes.len() > 1));
+        let meta_message = if logged && first == last {
+            format!("{first}-{message}")
+        } else {
+            message.clone()
+        };
+        let data = match data {
+            DataCommit::Existing(id) => id,
+            DataCommit::New { extra_parents } => {
+                let tree = self.data_tree.write(&mut self.objects)?;
+                let parents: Vec<ObjectId> = self
+                    .data_head
+                    .into_iter()
+                    .chain(extra_parents.iter().copied())
+                    .collect();
+                let body = repo::encode_commit(tree, &parents, &self.config.committer, &message);
+                self.objects.write(Kind::Commit, &body)?
+            }
+        };
+        self.data_head = Some(data);
+        self.working.data_commit = data;
+        self.known.insert(data);
+        self.pending_events.extend(revisions.iter().cloned());
+        let log = logged.then(|| {
+            let log: Vec<meta::LogRevision> = revisions
+                .iter()
+                .map(|r| meta::LogRevision {
+                    revision: r.revision,
+                    changes: r
+                        .changes
+                        .iter()
+                        .map(|c| meta::LogChange {
+                            key: c.key.clone(),
+                            new: c.new.as_ref().map(|kv| (kv.meta, kv.value.clone())),
+                        })
+                        .collect(),
+                })
+                .collect();
+            meta::encode_log(&log)
+        });
+        self.write_meta_commit(first, last, &meta_message, log)
+    }
+
+    /// Writes the revisions applied since the last commit as one commit.
+    pub(super) fn flush_group(&mut self) -> Result<(), StorageError> {
+        let group = std::mem::take(&mut self.group);
+        let notes = std::mem::take(&mut self.group_notes);
+        self.write_commits(&group, DataCommit::new(), &notes)
+    }
+
+    /// Writes the one revision in the group (a change set's, applied right
+    /// after a flush) as its own commit: a fast-forward to the commit the
+    /// set names when the branch is still where the set was computed, else
+    /// a new data commit with the set's extra parents.
+    pub(super) fn write_own_commit(&mut self, own: &OwnCommit) -> Result<(), StorageError> {
+        let group = std::mem::take(&mut self.group);
+        let mut notes = std::mem::take(&mut self.group_notes);
+        if !own.message.is_empty() {
+            notes.insert(0, own.message.clone());
+        }
+        let head = self.data_head;
+        match own.fast_forward {
+            Some(target) if own.computed_on.is_some() && own.computed_on == head => {
+                let tree = self.repo.commit(target)?.tree;
+                self.data_tree = TreeNode::load(&self.repo, tree)?;
+                // The metadata still needs each key's new bookkeeping.
+                self.write_commits(&group, DataCommit::Existing(target), &notes)
+            }
+            ff => {
+                let parents: Vec<ObjectId> = own.parents.iter().copied().chain(ff).collect();
+                self.write_commits(
+                    &group,
+                    DataCommit::New {
+                        extra_parents: &parents,
+                    },
+                    &notes,
+                )
+            }
+        }
+    }
+
+    /// Writes a metadata commit for the current state, which revisions
+    /// `first..=last` brought (with their `log` when several).
+    pub(super) fn write_meta_commit(
+        &mut self,
+        first: i64,
+        last: i64,
+        message: &str,
+        log: Option<Vec<u8>>,
+    ) -> Result<(), StorageError> {
+        let rev = last;
+        let data = self.data_head.expect("metadata describes a data commit");
+        let mut put = |name: &str, content: Option<Vec<u8>>| -> Result<(), RepoError> {
+            match content {
+                Some(c) => {
+                    let id = self.objects.write(Kind::Blob, &c)?;
+                    self.meta_tree.set_file(name, id);
+                }
+                None => self.meta_tree.remove_file(name),
+            }
+            Ok(())
+        };
+        put(meta::FORMAT_ENTRY, Some(format!("{}\n", meta::FORMAT).into_bytes()))?;
+        put(meta::REVISION_ENTRY, Some(format!("{rev}\n").into_bytes()))?;
+        put(meta::DATA_ENTRY, Some(format!("{data}\n").into_bytes()))?;
+        let compact = self.working.compact_revision;
+        put(
+            meta::COMPACT_ENTRY,
+            (compact >= 0).then(|| format!("{compact}\n").into_bytes()),
+        )?;
+        let leases: Vec<LeaseRecord> = self
+            .working
+            .leases
+            .values()
+            .map(|l| LeaseRecord { id: l.id, ttl: l.ttl })
+            .collect();
+        put(
+            meta::LEASES_ENTRY,
+            (!leases.is_empty()).then(|| meta::encode_leases(&leases)),
+        )?;
+        let logged = log.is_some();
+        put(meta::LOG_ENTRY, log)?;
+        let tree = self.meta_tree.write(&mut self.objects)?;
+        // The data commit is the second parent (it stays reachable from the
+        // metadata ref); the first metadata commit has no parent at all, so
+        // that `git log --first-parent` walks metadata only.
+        let parents: Vec<ObjectId> = match self.meta_head {
+            Some(prev) => vec![prev, data],
+            None => Vec::new(),
+        };
+        let body = repo::encode_commit(tree, &parents, &self.config.committer, message);
+        let id = self.objects.write(Kind::Commit, &body)?;
+        self.meta_head = Some(id);
+        let mut index = self
+            .revisions
+            .index
+            .write()
+            .expect("revision index lock is never poisoned");
+        if !logged {
+            index.set(rev, RevisionCommits::exact(id, data));
+        } else {
+            for r in first..=last {
+                index.set(
+                    r,
+                    RevisionCommits {
+                        metadata: id,
+                        data,
+                        exact: r == last,
+                        group: Some((id, first)),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}

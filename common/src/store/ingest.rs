@@ -1,0 +1,121 @@
+//! Commits that reach the data ref from outside gitcd (a `git push`, a
+//! person's commit) become revisions: each commit of the first-parent chain
+//! after the history gitcd knows is one revision, its changes the difference
+//! between the current state and the commit's tree.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gix::ObjectId;
+
+use super::apply::Change;
+use super::commit::DataCommit;
+use super::writer::Writer;
+use super::{Kv, RevisionEvents, StorageError};
+use crate::keys;
+use crate::meta::KeyMeta;
+use crate::repo::{Kind, TreeNode, tree};
+
+impl Writer {
+    /// Turns the commits that lead to `target` (beyond the ones already
+    /// revisions) into revisions. The walk stops at a data commit gitcd made
+    /// or ingested lately, or at the merge base with the current head: a
+    /// target that is already in the history (a reset) is one revision to
+    /// its state.
+    pub(super) fn ingest(&mut self, target: ObjectId) -> Result<Vec<i64>, StorageError> {
+        let head = self.data_head.expect("an open store has a data commit");
+        let base = if self.known.contains(&target) {
+            Some(target)
+        } else {
+            self.repo.merge_bases(target, head)?.into_iter().next()
+        };
+        let known = &self.known;
+        let (mut chain, _) = self
+            .repo
+            .first_parent_chain(target, |id| known.contains(&id) || Some(id) == base)?;
+        if chain.is_empty() {
+            chain.push(target);
+        }
+        tracing::info!(commits = chain.len(), data_ref = %self.config.data_ref, head = %target, "picking up commits made outside gitcd");
+        self.ingest_chain(&chain)
+    }
+
+    /// Makes each commit of `chain` (oldest first) one revision.
+    pub(super) fn ingest_chain(&mut self, chain: &[ObjectId]) -> Result<Vec<i64>, StorageError> {
+        let mut revisions = Vec::with_capacity(chain.len());
+        for &id in chain {
+            let commit = self.repo.commit(id)?;
+            let old_tree = match self.data_head {
+                Some(_) => Some(self.data_tree.write(&mut self.objects)?),
+                None => None,
+            };
+            let mut by_key: BTreeMap<Vec<u8>, Option<ObjectId>> = BTreeMap::new();
+            for (path, blob) in tree::diff_files(&self.repo, old_tree, Some(commit.tree))? {
+                let key = keys::decode(&path);
+                match blob {
+                    Some(b) => {
+                        by_key.insert(key, Some(b));
+                    }
+                    None => {
+                        by_key.entry(key).or_insert(None);
+                    }
+                }
+            }
+            let rev = self.working.revision + 1;
+            let mut changes = Vec::with_capacity(by_key.len());
+            for (key, blob) in by_key {
+                let key = Bytes::from(key);
+                let prev = self.working.kvs.get(&key).cloned();
+                match blob {
+                    Some(b) => {
+                        let value = Bytes::from(self.repo.read(b, Kind::Blob)?);
+                        let m = match &prev {
+                            Some(p) => KeyMeta {
+                                create_revision: p.meta.create_revision,
+                                mod_revision: rev,
+                                version: p.meta.version + 1,
+                                lease: p.meta.lease,
+                            },
+                            None => KeyMeta {
+                                create_revision: rev,
+                                mod_revision: rev,
+                                version: 1,
+                                lease: 0,
+                            },
+                        };
+                        let kv = Kv { meta: m, value };
+                        self.working.kvs.insert(key.clone(), kv.clone());
+                        changes.push(Change {
+                            key,
+                            prev,
+                            new: Some(kv),
+                        });
+                    }
+                    None => {
+                        if let Some(p) = prev {
+                            if let Some(l) = self.working.leases.get_mut(&p.meta.lease) {
+                                l.keys.remove(&key);
+                            }
+                            self.working.kvs.remove(&key);
+                            changes.push(Change {
+                                key,
+                                prev: Some(p),
+                                new: None,
+                            });
+                        }
+                    }
+                }
+            }
+            self.working.revision = rev;
+            self.data_tree = TreeNode::load(&self.repo, commit.tree)?;
+            self.write_commits(
+                &[Arc::new(RevisionEvents { revision: rev, changes })],
+                DataCommit::Existing(id),
+                &[],
+            )?;
+            revisions.push(rev);
+        }
+        Ok(revisions)
+    }
+}

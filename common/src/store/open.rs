@@ -1,0 +1,290 @@
+//! Opening a store: taking the branch pair's writer lock, loading the
+//! metadata (or building it for existing history), and bringing the data
+//! ref and the metadata together after a crash or while gitcd was down.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use gix::ObjectId;
+
+use super::revisions::{RevisionCommits, RevisionIndex, parse_revisions};
+use super::writer::{MAX_BATCH, STALE_LOCK_PATIENCE, Writer};
+use super::{CorruptError, Kv, Lease, RevisionEvents, Snapshot, StorageError, StoreConfig};
+use crate::keys;
+use crate::meta;
+use crate::repo::lock::{OwnerLock, writer_lock_path};
+use crate::repo::refs::RefUpdate;
+use crate::repo::{Kind, ObjectWriter, Repo, TreeNode, tree};
+
+use std::sync::Arc;
+
+impl Writer {
+    /// Opens the store in `repo`: loads it, or builds its metadata first, and
+    /// brings it up to date with the data ref. Leaves everything durable.
+    pub fn open(repo: &Repo, config: &StoreConfig) -> Result<Self, StorageError> {
+        let local = repo.local();
+        let lock = OwnerLock::take(
+            &writer_lock_path(repo.git_dir(), &config.metadata_ref),
+            &format!("writes {} and {}", config.data_ref, config.metadata_ref),
+        )?;
+        let stale = local.clear_stale_locks(&[&config.data_ref, &config.metadata_ref], STALE_LOCK_PATIENCE)?;
+        for lock in stale {
+            tracing::warn!(lock = %lock.display(), "removed a ref lock left by a writer that died");
+        }
+        let meta_ref = local.ref_target(&config.metadata_ref)?;
+        let data_ref = local.ref_target(&config.data_ref)?;
+        let working = Snapshot {
+            revision: config.start_revision - 1,
+            compact_revision: -1,
+            kvs: imbl::OrdMap::new(),
+            leases: imbl::OrdMap::new(),
+            data_commit: ObjectId::null(gix::hash::Kind::Sha1),
+        };
+        let objects = ObjectWriter::new(repo.git_dir(), config.maintenance);
+        let mut w = Writer::assemble(local, objects, config.clone(), working, lock);
+        match meta_ref {
+            None => w.initialize(data_ref)?,
+            Some(m) => {
+                w.load(m)?;
+                w.reconcile(data_ref)?;
+            }
+        }
+        w.mark_durable();
+        Ok(w)
+    }
+
+    /// Builds metadata for a repository that has none: a first empty commit
+    /// when the data ref does not exist, else one revision per commit of the
+    /// data ref's first-parent chain, oldest first.
+    fn initialize(&mut self, data_ref: Option<ObjectId>) -> Result<(), StorageError> {
+        match data_ref {
+            None => {
+                let rev = self.working.revision + 1;
+                self.working.revision = rev;
+                let first = RevisionEvents {
+                    revision: rev,
+                    changes: Vec::new(),
+                };
+                self.write_commits(&[Arc::new(first)], super::commit::DataCommit::new(), &[])?;
+            }
+            Some(head) => {
+                let (chain, _) = self.repo.first_parent_chain(head, |_| false)?;
+                tracing::info!(commits = chain.len(), data_ref = %self.config.data_ref, "building metadata for existing history");
+                self.ingest_chain(&chain)?;
+            }
+        }
+        self.persist(data_ref, None)?;
+        Ok(())
+    }
+
+    /// Loads the store from metadata commit `head`.
+    pub(super) fn load(&mut self, head: ObjectId) -> Result<(), StorageError> {
+        let commit = self.repo.commit(head)?;
+        let root = self.repo.tree_entries(commit.tree)?;
+        let entry = |name: &str| root.iter().find(|e| e.name == name.as_bytes());
+        let blob = |name: &str| -> Result<Option<Vec<u8>>, StorageError> {
+            match entry(name) {
+                Some(e) => Ok(Some(self.repo.read(e.id, Kind::Blob)?)),
+                None => Ok(None),
+            }
+        };
+        let missing = |entry: &'static str| CorruptError::MissingEntry { commit: head, entry };
+        let malformed = |entry: &str, source| CorruptError::Malformed {
+            commit: head,
+            entry: entry.into(),
+            source,
+        };
+        let format = blob(meta::FORMAT_ENTRY)?.ok_or_else(|| missing(meta::FORMAT_ENTRY))?;
+        if format.trim_ascii() != meta::FORMAT.as_bytes() {
+            return Err(CorruptError::Format {
+                commit: head,
+                found: String::from_utf8_lossy(&format).trim().into(),
+                expected: meta::FORMAT,
+            }
+            .into());
+        }
+        let int = |name: &str| -> Result<Option<i64>, StorageError> {
+            Ok(blob(name)?
+                .map(|b| meta::decode_int(name, &b).map_err(|e| malformed(name, e)))
+                .transpose()?)
+        };
+        let revision = int(meta::REVISION_ENTRY)?.ok_or_else(|| missing(meta::REVISION_ENTRY))?;
+        let compact = int(meta::COMPACT_ENTRY)?.unwrap_or(-1);
+        let data = self.data_entry(head, commit.tree)?;
+        let leases = match blob(meta::LEASES_ENTRY)? {
+            Some(b) => meta::decode_leases(&b).map_err(|e| malformed(meta::LEASES_ENTRY, e))?,
+            None => Vec::new(),
+        };
+
+        // Keys and values.
+        let data_commit = self.repo.commit(data)?;
+        let mut blobs: BTreeMap<Vec<u8>, ObjectId> = BTreeMap::new();
+        for (path, id) in tree::walk_files(&self.repo, data_commit.tree)? {
+            blobs.insert(keys::decode(&path), id);
+        }
+        let mut kvs = imbl::OrdMap::new();
+        if let Some(keys_dir) = entry(meta::KEYS_DIR) {
+            for (path, id) in tree::walk_files(&self.repo, keys_dir.id)? {
+                let (key, m) = meta::decode_key(&self.repo.read(id, Kind::Blob)?).map_err(|e| {
+                    let name: Vec<String> = path.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+                    malformed(&format!("{}/{}", meta::KEYS_DIR, name.join("/")), e)
+                })?;
+                let value_id = blobs.get(&key).ok_or_else(|| CorruptError::MissingFile {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    data,
+                })?;
+                let value = Bytes::from(self.repo.read(*value_id, Kind::Blob)?);
+                kvs.insert(Bytes::from(key), Kv { meta: m, value });
+            }
+        }
+        let mut lease_map: imbl::OrdMap<i64, Lease> = leases
+            .iter()
+            .map(|l| {
+                (
+                    l.id,
+                    Lease {
+                        id: l.id,
+                        ttl: l.ttl,
+                        keys: imbl::OrdSet::new(),
+                    },
+                )
+            })
+            .collect();
+        for (k, kv) in kvs.iter() {
+            if let Some(l) = lease_map.get_mut(&kv.meta.lease) {
+                l.keys.insert(k.clone());
+            }
+        }
+        self.working = Snapshot {
+            revision,
+            compact_revision: compact,
+            kvs,
+            leases: lease_map,
+            data_commit: data,
+        };
+
+        // The revision index: the metadata commits' first-parent chain.
+        let mut entries: BTreeMap<i64, RevisionCommits> = BTreeMap::new();
+        let mut recent = Vec::new();
+        let mut current = Some(head);
+        while let Some(id) = current {
+            let c = self.repo.commit(id)?;
+            let (first, last, logged) = parse_revisions(&c.message).ok_or_else(|| CorruptError::Message {
+                commit: id,
+                message: String::from_utf8_lossy(&c.message).into_owned(),
+            })?;
+            let (prev, data) = match c.parents.as_slice() {
+                [prev, data] => (Some(*prev), *data),
+                [] => (None, self.data_entry(id, c.tree)?),
+                _ => {
+                    return Err(CorruptError::Parents {
+                        commit: id,
+                        parents: c.parents.len(),
+                    }
+                    .into());
+                }
+            };
+            let group = logged.then_some((id, first));
+            for rev in first..=last {
+                // Walking newest first: a newer commit at the same revision
+                // (a metadata-only change) wins, the group keeps its log.
+                entries
+                    .entry(rev)
+                    .and_modify(|e| e.group = e.group.or(group))
+                    .or_insert(RevisionCommits {
+                        metadata: id,
+                        data,
+                        exact: rev == last,
+                        group,
+                    });
+            }
+            if recent.len() < 4096 {
+                recent.push(data);
+            }
+            current = prev;
+        }
+        let mut index = RevisionIndex::default();
+        for (rev, commits) in entries {
+            index.set(rev, commits);
+        }
+        for data in recent.into_iter().rev() {
+            self.known.insert(data);
+        }
+        *self
+            .revisions
+            .index
+            .write()
+            .expect("revision index lock is never poisoned") = index;
+        self.data_tree = TreeNode::load(&self.repo, data_commit.tree)?;
+        self.meta_tree = TreeNode::load(&self.repo, commit.tree)?;
+        self.data_head = Some(data);
+        self.meta_head = Some(head);
+        Ok(())
+    }
+
+    /// The data commit named by the `data` entry of metadata tree `tree` (of
+    /// commit `commit`).
+    fn data_entry(&self, commit: ObjectId, tree: ObjectId) -> Result<ObjectId, StorageError> {
+        let entry = self
+            .repo
+            .lookup(tree, &[meta::DATA_ENTRY.as_bytes()])?
+            .ok_or(CorruptError::MissingEntry {
+                commit,
+                entry: meta::DATA_ENTRY,
+            })?;
+        let hex = self.repo.read(entry.id, Kind::Blob)?;
+        ObjectId::from_hex(hex.trim_ascii()).map_err(|_| {
+            StorageError::from(CorruptError::Malformed {
+                commit,
+                entry: meta::DATA_ENTRY.into(),
+                source: meta::ParseError::new(format!(
+                    "{:?} is not an object id",
+                    String::from_utf8_lossy(&hex).trim()
+                )),
+            })
+        })
+    }
+
+    /// Brings a freshly loaded store and its data ref together: repairs a
+    /// data ref that a crash left behind, or turns commits made by others
+    /// into revisions.
+    fn reconcile(&mut self, data_ref: Option<ObjectId>) -> Result<(), StorageError> {
+        let ours = self.data_head.expect("a loaded store has a data commit");
+        match data_ref {
+            Some(theirs) if theirs == ours => Ok(()),
+            None => {
+                tracing::warn!(data_ref = %self.config.data_ref, commit = %ours, "data ref missing: recreating it");
+                let edit = RefUpdate {
+                    name: &self.config.data_ref,
+                    old: None,
+                    new: ours,
+                };
+                self.repo
+                    .update_refs(&[edit], "gitcd: repair", &self.config.committer)?;
+                Ok(())
+            }
+            Some(theirs) => {
+                let mut steps = 0;
+                let (_, found) = self.repo.first_parent_chain(ours, |id| {
+                    steps += 1;
+                    id == theirs || steps > MAX_BATCH + 1
+                })?;
+                if found == Some(theirs) {
+                    tracing::warn!(data_ref = %self.config.data_ref, from = %theirs, to = %ours, "data ref left behind by an interrupted write: moving it forward");
+                    let edit = RefUpdate {
+                        name: &self.config.data_ref,
+                        old: Some(theirs),
+                        new: ours,
+                    };
+                    self.repo
+                        .update_refs(&[edit], "gitcd: repair", &self.config.committer)?;
+                    Ok(())
+                } else {
+                    let before = self.meta_head;
+                    self.ingest(theirs)?;
+                    self.persist(Some(theirs), before)
+                }
+            }
+        }
+    }
+}
