@@ -2,12 +2,14 @@
 //! flags and call one function here.
 
 pub mod error;
+#[cfg(feature = "grpc")]
 pub mod etcd;
 pub mod keys;
 pub mod lease;
 pub mod meta;
 pub mod proto;
 pub mod repo;
+#[cfg(feature = "grpc")]
 pub mod server;
 pub mod signal;
 pub mod store;

@@ -248,6 +248,7 @@ struct Shared {
     /// When each lease expires (not persisted: a restart grants a fresh TTL).
     lessor: std::sync::Mutex<Lessor>,
     repo: Repo,
+    maintains_packs: bool,
     /// Object store size at start; the writer adds what it writes.
     db_size_base: i64,
     db_size: std::sync::atomic::AtomicI64,
@@ -294,6 +295,7 @@ impl Store {
             published,
             lessor: std::sync::Mutex::new(lessor),
             repo,
+            maintains_packs: loaded.maintains_packs(),
             db_size_base: db_size - loaded.bytes_written(),
             db_size: std::sync::atomic::AtomicI64::new(db_size),
         });
@@ -343,6 +345,12 @@ impl Store {
     /// count (no directory walk per call).
     pub fn db_size(&self) -> i64 {
         self.shared.db_size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether this store maintains its repository's packs (it holds the
+    /// maintenance lock).
+    pub fn maintains_packs(&self) -> bool {
+        self.shared.maintains_packs
     }
 
     /// The repository's `.git` directory.
@@ -502,3 +510,6 @@ impl Store {
         rx.await.map_err(|_| Error::Stopped)?
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use trishanku::cli::{self, StoreArgs};
+use trishanku::cli::store::StoreArgs;
+use trishanku::cli::{self, LogArgs};
 
 #[derive(Parser)]
 #[command(
@@ -13,15 +14,14 @@ use trishanku::cli::{self, StoreArgs};
     about = "Build or catch up gitcd metadata for existing history"
 )]
 struct Cli {
-    /// Log format: plain or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
-    log_format: String,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(flatten)]
     store: StoreArgs,
 }
 
 fn main() -> ExitCode {
     let cli: Cli = cli::parse();
-    common::telemetry::init(Some(&cli.log_format));
-    cli::run_init(&cli.store)
+    cli.log.init();
+    trishanku::cli::store::run_init(&cli.store)
 }

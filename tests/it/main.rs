@@ -10,6 +10,7 @@ mod keys;
 mod kubernetes;
 mod lease;
 mod maintenance;
+mod shared_repo;
 mod support;
 mod walkthrough;
 mod watch;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message as _;
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Context;
@@ -46,17 +46,29 @@ impl watch_server::Watch for WatchService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let stream = WatchStream {
-            ctx: self.ctx.clone(),
-            watchers: BTreeMap::new(),
-            next_id: 0,
-            progress_pending: false,
-            tx,
-        };
-        tokio::spawn(stream.run(request.into_inner(), self.progress_interval));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let responses = watch_stream(self.ctx.clone(), request.into_inner(), self.progress_interval);
+        Ok(Response::new(Box::pin(responses)))
     }
+}
+
+/// Serves one Watch stream: its requests come from `inbound`, its responses
+/// go to the returned stream. A task owns the stream's watchers until the
+/// client goes away or the server stops.
+pub fn watch_stream(
+    ctx: Context,
+    inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    progress_interval: Duration,
+) -> ReceiverStream<Result<WatchResponse, Status>> {
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let stream = WatchStream {
+        ctx,
+        watchers: BTreeMap::new(),
+        next_id: 0,
+        progress_pending: false,
+        tx,
+    };
+    tokio::spawn(stream.run(inbound, progress_interval));
+    ReceiverStream::new(rx)
 }
 
 struct Watcher {
@@ -85,7 +97,11 @@ struct WatchStream {
 struct Closed;
 
 impl WatchStream {
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>, progress_interval: Duration) {
+    async fn run(
+        mut self,
+        mut inbound: impl Stream<Item = Result<WatchRequest, Status>> + Unpin,
+        progress_interval: Duration,
+    ) {
         let mut published = self.ctx.store.subscribe();
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + progress_interval, progress_interval);
         loop {
@@ -93,13 +109,13 @@ impl WatchStream {
                 return;
             }
             tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => {
+                msg = inbound.next() => match msg {
+                    Some(Ok(req)) => {
                         if self.handle(req).await.is_err() {
                             return;
                         }
                     }
-                    Ok(None) | Err(_) => return,
+                    None | Some(Err(_)) => return,
                 },
                 changed = published.changed() => {
                     if changed.is_err() {
@@ -379,4 +395,229 @@ fn fragments(resp: WatchResponse, fragment: bool, max_bytes: usize) -> Vec<Watch
         out.push(part);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    //! A watch stream driven in memory: its requests come from a channel,
+    //! its store is a real one in a temp dir.
+
+    use super::*;
+    use crate::proto::etcdserverpb::{PutRequest, WatchCancelRequest, WatchProgressRequest};
+    use crate::store::{Store, StoreConfig};
+
+    struct Harness {
+        _dir: tempfile::TempDir,
+        /// Dropping it would tell the stream that the server stops.
+        _stop: tokio::sync::watch::Sender<bool>,
+        store: Store,
+        requests: mpsc::Sender<Result<WatchRequest, Status>>,
+        responses: ReceiverStream<Result<WatchResponse, Status>>,
+    }
+
+    impl Harness {
+        fn new() -> anyhow::Result<Self> {
+            let dir = tempfile::tempdir()?;
+            let store = Store::open(StoreConfig::with_repo(dir.path().join("repo")))?;
+            let (stop, stopping) = tokio::sync::watch::channel(false);
+            let ctx = Context {
+                store: store.clone(),
+                identity: Arc::new(super::super::Identity::new("t", "refs/heads/main", Vec::new(), 1 << 20)),
+                stopping,
+            };
+            let (requests, inbound) = mpsc::channel(16);
+            let responses = watch_stream(ctx, ReceiverStream::new(inbound), Duration::from_secs(3600));
+            Ok(Self {
+                _dir: dir,
+                _stop: stop,
+                store,
+                requests,
+                responses,
+            })
+        }
+
+        async fn send(&self, r: watch_request::RequestUnion) -> anyhow::Result<()> {
+            self.requests.send(Ok(WatchRequest { request_union: Some(r) })).await?;
+            Ok(())
+        }
+
+        async fn create(&self, c: WatchCreateRequest) -> anyhow::Result<()> {
+            self.send(watch_request::RequestUnion::CreateRequest(c)).await
+        }
+
+        async fn next(&mut self) -> anyhow::Result<WatchResponse> {
+            let r = tokio::time::timeout(Duration::from_secs(10), self.responses.next()).await?;
+            Ok(r.ok_or_else(|| anyhow::anyhow!("the stream ended"))??)
+        }
+
+        async fn put(&self, key: &str, value: &str) -> anyhow::Result<i64> {
+            let r = self
+                .store
+                .put(PutRequest {
+                    key: Bytes::copy_from_slice(key.as_bytes()),
+                    value: Bytes::copy_from_slice(value.as_bytes()),
+                    ..Default::default()
+                })
+                .await?;
+            Ok(r.header.map_or(0, |h| h.revision))
+        }
+
+        /// Events of watcher `id` until `n` have come, skipping others.
+        async fn events(&mut self, id: i64, n: usize) -> anyhow::Result<Vec<Event>> {
+            let mut out = Vec::new();
+            while out.len() < n {
+                let r = self.next().await?;
+                if r.watch_id == id {
+                    out.extend(r.events);
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    fn prefix(p: &str) -> WatchCreateRequest {
+        let mut end = p.as_bytes().to_vec();
+        *end.last_mut().expect("a prefix") += 1;
+        WatchCreateRequest {
+            key: Bytes::copy_from_slice(p.as_bytes()),
+            range_end: Bytes::from(end),
+            ..Default::default()
+        }
+    }
+
+    fn keys(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.kv.as_ref().expect("an event has a kv").key).into_owned())
+            .collect()
+    }
+
+    /// `created` comes first with id 0; then the events in range, in order,
+    /// each at its revision; a past start replays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn created_first_then_events_in_order() -> anyhow::Result<()> {
+        let mut h = Harness::new()?;
+        h.create(prefix("/a/")).await?;
+        let created = h.next().await?;
+        assert!(created.created && created.watch_id == 0, "{created:?}");
+        let r1 = h.put("/a/1", "x").await?;
+        h.put("/b/1", "out of range").await?;
+        let r3 = h.put("/a/2", "y").await?;
+        let events = h.events(0, 2).await?;
+        assert_eq!(keys(&events), ["/a/1", "/a/2"]);
+        let mods: Vec<i64> = events
+            .iter()
+            .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision))
+            .collect();
+        assert_eq!(mods, [r1, r3]);
+        // A second watcher from the past replays the same.
+        h.create(WatchCreateRequest {
+            start_revision: r1,
+            ..prefix("/a/")
+        })
+        .await?;
+        let created = h.next().await?;
+        assert_eq!(created.watch_id, 1);
+        assert_eq!(keys(&h.events(1, 2).await?), ["/a/1", "/a/2"]);
+        Ok(())
+    }
+
+    /// Filters and prev_kv: NOPUT drops puts, prev_kv carries the value
+    /// before; a DELETE event names its revision.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn filters_and_prev_kv() -> anyhow::Result<()> {
+        let mut h = Harness::new()?;
+        h.put("/k", "old").await?;
+        h.create(WatchCreateRequest {
+            prev_kv: true,
+            filters: vec![watch_create_request::FilterType::Noput as i32],
+            ..prefix("/k")
+        })
+        .await?;
+        h.next().await?;
+        h.put("/k", "new").await?;
+        let deleted = h
+            .store
+            .delete_range(crate::proto::etcdserverpb::DeleteRangeRequest {
+                key: Bytes::from_static(b"/k"),
+                ..Default::default()
+            })
+            .await?;
+        let events = h.events(0, 1).await?;
+        assert_eq!(events[0].r#type, EventType::Delete as i32);
+        assert_eq!(
+            events[0].kv.as_ref().map(|kv| kv.mod_revision),
+            deleted.header.map(|h| h.revision)
+        );
+        assert_eq!(
+            events[0].prev_kv.as_ref().map(|kv| kv.value.as_ref()),
+            Some(b"new".as_slice())
+        );
+        Ok(())
+    }
+
+    /// Refusals with etcd's texts: an empty range, a duplicate id. Cancel
+    /// answers `canceled`. A progress request is answered with watch id -1
+    /// once every watcher is synced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusals_cancel_and_progress() -> anyhow::Result<()> {
+        let mut h = Harness::new()?;
+        h.create(WatchCreateRequest {
+            key: Bytes::from_static(b"/b"),
+            range_end: Bytes::from_static(b"/a"),
+            ..Default::default()
+        })
+        .await?;
+        let empty = h.next().await?;
+        assert_eq!(
+            (empty.watch_id, empty.canceled, empty.cancel_reason.as_str()),
+            (-1, true, EMPTY_RANGE)
+        );
+        h.create(WatchCreateRequest {
+            watch_id: 7,
+            ..prefix("/x")
+        })
+        .await?;
+        assert_eq!(h.next().await?.watch_id, 7);
+        h.create(WatchCreateRequest {
+            watch_id: 7,
+            ..prefix("/y")
+        })
+        .await?;
+        let dup = h.next().await?;
+        assert_eq!(dup.cancel_reason, DUPLICATE_ID);
+        h.send(watch_request::RequestUnion::ProgressRequest(WatchProgressRequest {}))
+            .await?;
+        let progress = h.next().await?;
+        assert_eq!(progress.watch_id, -1);
+        assert!(progress.events.is_empty());
+        h.send(watch_request::RequestUnion::CancelRequest(WatchCancelRequest {
+            watch_id: 7,
+        }))
+        .await?;
+        let canceled = h.next().await?;
+        assert!(canceled.canceled && canceled.watch_id == 7);
+        Ok(())
+    }
+
+    /// A watcher left below the compact revision is cancelled with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_cancels_watchers_behind_it() -> anyhow::Result<()> {
+        let mut h = Harness::new()?;
+        for i in 0..4 {
+            h.put("/c", &i.to_string()).await?;
+        }
+        let compact = h.store.snapshot().revision;
+        h.store.compact(compact).await?;
+        h.create(WatchCreateRequest {
+            start_revision: 2,
+            ..prefix("/c")
+        })
+        .await?;
+        assert!(h.next().await?.created);
+        let canceled = h.next().await?;
+        assert!(canceled.canceled);
+        assert_eq!(canceled.compact_revision, compact);
+        Ok(())
+    }
 }

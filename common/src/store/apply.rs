@@ -522,3 +522,335 @@ fn compare_kv(c: &Compare, kv: Option<&Kv>) -> bool {
         Err(_) => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! etcd's rules, driven in memory: a snapshot, a request, the answer.
+
+    use super::*;
+    use crate::proto::etcdserverpb::{RequestOp, compare::CompareResult, compare::CompareTarget, compare::TargetUnion};
+    use crate::store::changes::{KeyChange, NewValue};
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    /// A state at revision 5 with `/a`=1 (created at 2, modified at 4,
+    /// version 2) and `/b`=2 on lease 7.
+    fn state() -> Snapshot {
+        let mut kvs = imbl::OrdMap::new();
+        let kv = |c, m, v, lease, value: &str| Kv {
+            meta: KeyMeta {
+                create_revision: c,
+                mod_revision: m,
+                version: v,
+                lease,
+            },
+            value: b(value),
+        };
+        kvs.insert(b("/a"), kv(2, 4, 2, 0, "1"));
+        kvs.insert(b("/b"), kv(3, 3, 1, 7, "2"));
+        let mut leases = imbl::OrdMap::new();
+        leases.insert(
+            7,
+            Lease {
+                id: 7,
+                ttl: 60,
+                keys: [b("/b")].into_iter().collect(),
+            },
+        );
+        Snapshot {
+            revision: 5,
+            compact_revision: -1,
+            kvs,
+            leases,
+            data_commit: ObjectId::null(gix::hash::Kind::Sha1),
+        }
+    }
+
+    fn no_history(_: i64, _: &KeyRange) -> Result<Vec<(Bytes, Kv)>, Error> {
+        Err(Error::Compacted)
+    }
+
+    fn cmp(key: &str, target: CompareTarget, result: CompareResult, union: TargetUnion) -> Compare {
+        Compare {
+            key: b(key),
+            target: target as i32,
+            result: result as i32,
+            target_union: Some(union),
+            range_end: Bytes::new(),
+        }
+    }
+
+    fn put_op(key: &str, value: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: b(key),
+                value: b(value),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn range_op(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: b(key),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// Compares on a missing key see an all-zero key (etcd's compareKV); a
+    /// VALUE compare on a missing key is false whatever it asks.
+    #[test]
+    fn compares_on_missing_keys() {
+        use CompareResult::*;
+        use CompareTarget::*;
+        let cases = [
+            (cmp("/x", Version, Equal, TargetUnion::Version(0)), true),
+            (cmp("/x", Create, Equal, TargetUnion::CreateRevision(0)), true),
+            (cmp("/x", Mod, Greater, TargetUnion::ModRevision(0)), false),
+            (cmp("/x", Lease, Equal, TargetUnion::Lease(0)), true),
+            (cmp("/x", Value, Equal, TargetUnion::Value(Bytes::new())), false),
+            (cmp("/x", Value, NotEqual, TargetUnion::Value(b("v"))), false),
+            (cmp("/a", Mod, Equal, TargetUnion::ModRevision(4)), true),
+            (cmp("/a", Value, Less, TargetUnion::Value(b("2"))), true),
+            (cmp("/b", Lease, Equal, TargetUnion::Lease(7)), true),
+        ];
+        for (c, want) in cases {
+            let mut s = state();
+            let history = no_history;
+            let resp = Apply::new(&mut s, &history)
+                .txn(&TxnRequest {
+                    compare: vec![c.clone()],
+                    ..Default::default()
+                })
+                .expect("a txn without writes succeeds");
+            assert_eq!(resp.succeeded, want, "{c:?}");
+        }
+    }
+
+    /// Every compare on the path a txn takes, nested ones too, sees the
+    /// state before the txn's writes; reads inside the txn see them.
+    #[test]
+    fn txn_compares_before_writes_and_reads_after() -> Result<(), Error> {
+        let mut s = state();
+        let history = no_history;
+        let absent = cmp(
+            "/k",
+            CompareTarget::Version,
+            CompareResult::Equal,
+            TargetUnion::Version(0),
+        );
+        let nested = TxnRequest {
+            compare: vec![absent.clone()],
+            success: vec![put_op("/j", "nested saw /k absent")],
+            failure: vec![put_op("/j", "nested saw /k")],
+        };
+        let req = TxnRequest {
+            compare: vec![absent],
+            success: vec![
+                put_op("/k", "1"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestTxn(nested)),
+                },
+                range_op("/k"),
+            ],
+            failure: vec![],
+        };
+        let mut a = Apply::new(&mut s, &history);
+        let resp = a.txn(&req)?;
+        assert!(resp.succeeded);
+        assert_eq!(
+            resp.header.map(|h| h.revision),
+            Some(6),
+            "one revision for the whole txn"
+        );
+        let Some(response_op::Response::ResponseRange(r)) = &resp.responses[2].response else {
+            panic!("a range answer: {resp:?}");
+        };
+        assert_eq!(r.kvs[0].value, b("1"), "the range sees the txn's put");
+        assert_eq!(r.kvs[0].mod_revision, 6);
+        assert_eq!(a.changes.len(), 2);
+        assert_eq!(
+            s.kvs.get(&b("/j")).map(|kv| kv.value.clone()),
+            Some(b("nested saw /k absent"))
+        );
+        Ok(())
+    }
+
+    /// Checks run before any write: a txn whose later put names a missing
+    /// lease changes nothing.
+    #[test]
+    fn txn_checks_before_writing() {
+        let mut s = state();
+        let history = no_history;
+        let mut a = Apply::new(&mut s, &history);
+        let mut bad = PutRequest {
+            key: b("/z"),
+            lease: 99,
+            ..Default::default()
+        };
+        let req = TxnRequest {
+            success: vec![
+                put_op("/y", "1"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestPut(bad.clone())),
+                },
+            ],
+            ..Default::default()
+        };
+        assert!(matches!(a.txn(&req), Err(Error::LeaseNotFound)));
+        assert!(a.changes.is_empty(), "nothing applied");
+        bad.lease = 0;
+        bad.ignore_value = true;
+        let req = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(bad)),
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(a.txn(&req), Err(Error::KeyNotFound)));
+    }
+
+    /// Puts: versions and revisions as etcd counts them; ignore_value and
+    /// ignore_lease need the key; a put's lease must exist.
+    #[test]
+    fn puts() -> Result<(), Error> {
+        let mut s = state();
+        let history = no_history;
+        let mut a = Apply::new(&mut s, &history);
+        let resp = a.put(&PutRequest {
+            key: b("/a"),
+            value: b("3"),
+            prev_kv: true,
+            ..Default::default()
+        })?;
+        assert_eq!(resp.prev_kv.map(|p| p.value), Some(b("1")));
+        assert_eq!(resp.header.map(|h| h.revision), Some(6));
+        let m = a.state.kvs[&b("/a")].meta;
+        assert_eq!((m.create_revision, m.mod_revision, m.version), (2, 6, 3));
+        let ignore = |key: &str| PutRequest {
+            key: b(key),
+            ignore_value: true,
+            ..Default::default()
+        };
+        assert!(matches!(a.put(&ignore("/missing")), Err(Error::KeyNotFound)));
+        a.put(&ignore("/b"))?;
+        assert_eq!(a.state.kvs[&b("/b")].value, b("2"), "ignore_value keeps the value");
+        assert_eq!(a.state.kvs[&b("/b")].meta.lease, 0, "and the lease follows the request");
+        assert!(!a.state.leases[&7].keys.contains(&b("/b")), "detached from lease 7");
+        let leased = PutRequest {
+            key: b("/c"),
+            lease: 8,
+            ..Default::default()
+        };
+        assert!(matches!(a.put(&leased), Err(Error::LeaseNotFound)));
+        Ok(())
+    }
+
+    /// Deleting nothing makes no revision; deleting a range reports what it
+    /// took.
+    #[test]
+    fn deletes() {
+        let mut s = state();
+        let history = no_history;
+        let mut a = Apply::new(&mut s, &history);
+        let none = a.delete_range(&DeleteRangeRequest {
+            key: b("/x"),
+            ..Default::default()
+        });
+        assert_eq!((none.deleted, none.header.map(|h| h.revision)), (0, Some(5)));
+        assert!(a.changes.is_empty());
+        let all = a.delete_range(&DeleteRangeRequest {
+            key: b("/"),
+            range_end: b("0"),
+            prev_kv: true,
+        });
+        assert_eq!(all.deleted, 2);
+        assert_eq!(all.prev_kvs.len(), 2);
+        assert_eq!(all.header.map(|h| h.revision), Some(6));
+        assert!(a.state.leases[&7].keys.is_empty(), "a deleted key leaves its lease");
+    }
+
+    /// Compaction and leases, as etcd's lessor and compactor answer.
+    #[test]
+    fn compaction_and_leases() -> Result<(), Error> {
+        let mut s = state();
+        let history = no_history;
+        let mut a = Apply::new(&mut s, &history);
+        assert!(matches!(a.compact(6), Err(Error::FutureRevision)));
+        assert_eq!(a.compact(3)?, 5);
+        assert!(matches!(a.compact(3), Err(Error::Compacted)));
+        assert!(matches!(a.lease_grant(7, 10), Err(Error::LeaseExists)));
+        assert!(matches!(a.lease_grant(1, 9_000_000_001), Err(Error::LeaseTtlTooLarge)));
+        let g = a.lease_grant(0, 1)?;
+        assert!(g.id > 0 && g.id != 7, "a fresh positive id: {}", g.id);
+        assert_eq!(g.ttl, MIN_LEASE_TTL);
+        assert!(a.changes.is_empty(), "grants change no key");
+        assert_eq!(a.lease_revoke(7)?, 6, "revoking deletes /b: one revision");
+        assert!(!a.state.kvs.contains_key(&b("/b")));
+        assert!(matches!(a.lease_revoke(7), Err(Error::LeaseNotFound)));
+        assert_eq!(
+            a.leases,
+            vec![
+                LeaseChange::Granted {
+                    id: g.id,
+                    ttl: MIN_LEASE_TTL
+                },
+                LeaseChange::Revoked { id: 7 }
+            ]
+        );
+        Ok(())
+    }
+
+    /// A change set applies only while its keys are as it saw them; it is
+    /// one revision, merged keys keep their local lease, and a set that
+    /// changes nothing makes none.
+    #[test]
+    fn change_sets() -> Result<(), Error> {
+        let set = |changes: Vec<KeyChange>| ChangeSet {
+            changes,
+            message: "merge".into(),
+            ..Default::default()
+        };
+        let change = |key: &str, expect_mod, value: Option<&str>| KeyChange {
+            key: b(key),
+            expect_mod,
+            new: value.map(|v| NewValue { value: b(v) }),
+        };
+        let mut s = state();
+        let history = no_history;
+        let mut a = Apply::new(&mut s, &history);
+        let stale = set(vec![change("/a", 3, Some("x"))]);
+        assert!(matches!(
+            a.change_set(&stale),
+            Err(Error::Changed {
+                expected: 3,
+                found: 4,
+                ..
+            })
+        ));
+        let same = set(vec![change("/a", 4, Some("1"))]);
+        assert_eq!(a.change_set(&same)?, None, "same value: no revision");
+        assert!(a.own_commit.is_none());
+        let real = set(vec![
+            change("/b", 3, Some("20")),
+            change("/new", 0, Some("n")),
+            change("/a", 4, None),
+        ]);
+        assert_eq!(a.change_set(&real)?, Some(6));
+        assert_eq!(
+            a.state.kvs[&b("/b")].meta.lease,
+            7,
+            "a merged key keeps its local lease"
+        );
+        assert_eq!(a.state.kvs[&b("/new")].meta.lease, 0);
+        assert_eq!(a.state.kvs[&b("/new")].meta.create_revision, 6);
+        assert!(!a.state.kvs.contains_key(&b("/a")));
+        assert_eq!(a.changes.len(), 3);
+        assert_eq!(a.own_commit.as_ref().map(|o| o.message.as_str()), Some("merge"));
+        Ok(())
+    }
+}

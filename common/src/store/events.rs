@@ -206,3 +206,38 @@ fn decode_key_blob(repo: &LocalRepo, blob: gix::ObjectId) -> Result<(Vec<u8>, me
     Ok(meta::decode_key(&repo.read(blob, Kind::Blob)?)
         .map_err(|source| CorruptError::MalformedBlob { blob, source })?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(revision: i64) -> Arc<RevisionEvents> {
+        Arc::new(RevisionEvents {
+            revision,
+            changes: Vec::new(),
+        })
+    }
+
+    fn revisions(v: &[Arc<RevisionEvents>]) -> Vec<i64> {
+        v.iter().map(|e| e.revision).collect()
+    }
+
+    /// The window holds the newest `capacity` revisions, contiguous; a gap
+    /// (a reload) starts it over.
+    #[test]
+    fn window_keeps_the_newest_contiguous_revisions() {
+        let mut w = Window::new(3);
+        assert_eq!(w.first(), None);
+        assert!(w.range(1, 10).is_empty());
+        for r in 1..=5 {
+            w.push(rev(r));
+        }
+        assert_eq!(w.first(), Some(3));
+        assert_eq!(revisions(&w.range(1, 10)), [3, 4, 5]);
+        assert_eq!(revisions(&w.range(4, 4)), [4]);
+        assert!(w.range(6, 9).is_empty());
+        w.push(rev(9));
+        assert_eq!(w.first(), Some(9), "not contiguous: starts over");
+        assert_eq!(revisions(&w.range(0, 100)), [9]);
+    }
+}

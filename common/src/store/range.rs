@@ -178,3 +178,94 @@ pub fn select(
         count,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! etcd's Range post-processing, on entries in memory.
+
+    use super::*;
+    use crate::meta::KeyMeta;
+    use range_request::{SortOrder, SortTarget};
+
+    fn entries() -> Vec<(Bytes, Kv)> {
+        // key, create, mod, version, value
+        [("/a", 2, 9, 3, "z"), ("/b", 3, 3, 1, "y"), ("/c", 4, 5, 2, "x")]
+            .into_iter()
+            .map(|(k, c, m, v, value)| {
+                (
+                    Bytes::from_static(k.as_bytes()),
+                    Kv {
+                        meta: KeyMeta {
+                            create_revision: c,
+                            mod_revision: m,
+                            version: v,
+                            lease: 0,
+                        },
+                        value: Bytes::from_static(value.as_bytes()),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn keys(r: &RangeResponse) -> Vec<&[u8]> {
+        r.kvs.iter().map(|kv| kv.key.as_ref()).collect()
+    }
+
+    #[test]
+    fn count_ignores_limit_and_filters() {
+        let req = RangeRequest {
+            limit: 1,
+            min_mod_revision: 5,
+            ..Default::default()
+        };
+        let r = select(&req, 10, 3, entries().into_iter());
+        assert_eq!(r.count, 3, "count is the whole range");
+        assert_eq!(keys(&r), [b"/a"]);
+        assert!(r.more, "one more passes the filter");
+        let count_only = RangeRequest {
+            count_only: true,
+            ..Default::default()
+        };
+        let r = select(&count_only, 10, 3, entries().into_iter());
+        assert!(r.kvs.is_empty() && r.count == 3 && !r.more);
+    }
+
+    #[test]
+    fn sorting_and_keys_only() {
+        let by = |target: SortTarget, order: SortOrder| RangeRequest {
+            sort_target: target as i32,
+            sort_order: order as i32,
+            keys_only: true,
+            ..Default::default()
+        };
+        let r = select(&by(SortTarget::Mod, SortOrder::Descend), 10, 3, entries().into_iter());
+        assert_eq!(keys(&r), [b"/a", b"/c", b"/b"]);
+        assert!(r.kvs.iter().all(|kv| kv.value.is_empty()), "keys only");
+        assert!(r.kvs.iter().all(|kv| kv.mod_revision != 0), "with their revisions");
+        // A target other than the key with no order sorts ascending (etcd).
+        let r = select(&by(SortTarget::Value, SortOrder::None), 10, 3, entries().into_iter());
+        assert_eq!(keys(&r), [b"/c", b"/b", b"/a"]);
+        let r = select(&by(SortTarget::Key, SortOrder::Descend), 10, 3, entries().into_iter());
+        assert_eq!(keys(&r), [b"/c", b"/b", b"/a"]);
+    }
+
+    #[test]
+    fn revision_checks() {
+        let snap = Snapshot {
+            revision: 10,
+            compact_revision: 4,
+            kvs: imbl::OrdMap::new(),
+            leases: imbl::OrdMap::new(),
+            data_commit: gix::ObjectId::null(gix::hash::Kind::Sha1),
+        };
+        assert!(matches!(read_revision(&snap, 11), Err(Error::FutureRevision)));
+        assert!(matches!(read_revision(&snap, 3), Err(Error::Compacted)));
+        assert!(
+            matches!(read_revision(&snap, 4), Ok(Some(4))),
+            "the compact revision itself is readable"
+        );
+        assert!(matches!(read_revision(&snap, 0), Ok(None)));
+        assert!(matches!(read_revision(&snap, 10), Ok(None)));
+    }
+}

@@ -113,6 +113,10 @@ impl Writer {
         i64::try_from(self.objects.bytes_written()).unwrap_or(i64::MAX)
     }
 
+    pub fn maintains_packs(&self) -> bool {
+        self.objects.maintains()
+    }
+
     pub fn revisions(&self) -> Arc<Revisions> {
         self.revisions.clone()
     }

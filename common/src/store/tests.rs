@@ -1,0 +1,246 @@
+//! The writer's rules, on a real store in a temp dir: grouping, change sets
+//! committed alone, one writer per branch pair, moves of the data ref under
+//! a write, and closing.
+
+use std::process::Command;
+
+use super::*;
+
+fn git(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn open(dir: &std::path::Path, tune: impl FnOnce(&mut StoreConfig)) -> anyhow::Result<(Store, StoreConfig)> {
+    let mut config = StoreConfig::with_repo(dir.join("repo"));
+    tune(&mut config);
+    Ok((Store::open(config.clone())?, config))
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ..Default::default()
+    }
+}
+
+/// Metadata commit messages, newest first, first line only.
+fn meta_messages(config: &StoreConfig) -> anyhow::Result<Vec<String>> {
+    let log = git(
+        &config.repo,
+        &["log", "--first-parent", "--format=%s", &config.metadata_ref],
+    )?;
+    Ok(log.lines().map(str::to_owned).collect())
+}
+
+/// Writes that queue up while a commit is made share the next one, never
+/// more than `max_commit_revisions` to a commit, and every revision stays
+/// exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_writes_group_into_bounded_commits() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, config) = open(dir.path(), |c| c.max_commit_revisions = 8)?;
+    let writes: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.put(put(&format!("/k{i}"), "v")).await })
+        })
+        .collect();
+    let mut revisions = Vec::new();
+    for w in writes {
+        revisions.push(w.await??.header.map_or(0, |h| h.revision));
+    }
+    revisions.sort();
+    assert_eq!(revisions, (2..66).collect::<Vec<_>>(), "one revision per write");
+    let mut spans = Vec::new();
+    for m in meta_messages(&config)? {
+        let (first, last, _) = parse_revisions(m.as_bytes()).expect("a revision message");
+        spans.push(last - first + 1);
+    }
+    assert!(spans.iter().all(|s| *s <= 8), "{spans:?}");
+    assert!(spans.iter().any(|s| *s > 1), "queued writes were grouped: {spans:?}");
+    assert_eq!(spans.iter().sum::<i64>(), 65, "every revision in one commit: {spans:?}");
+    store.close();
+    Ok(())
+}
+
+/// A change set is one revision with a commit of its own (never grouped),
+/// whose data commit has the set's extra parent; one computed on a stale
+/// view of a key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_sets_commit_alone() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, config) = open(dir.path(), |_| {})?;
+    let first = store.put(put("/a", "1")).await?;
+    let a_mod = first.header.map_or(0, |h| h.revision);
+    let side = store.snapshot().data_commit;
+    let writes: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.put(put(&format!("/w{i}"), "v")).await })
+        })
+        .collect();
+    let set = ChangeSet {
+        changes: vec![
+            KeyChange {
+                key: Bytes::from_static(b"/a"),
+                expect_mod: a_mod,
+                new: Some(NewValue {
+                    value: Bytes::from_static(b"merged"),
+                }),
+            },
+            KeyChange {
+                key: Bytes::from_static(b"/m"),
+                expect_mod: 0,
+                new: Some(NewValue {
+                    value: Bytes::from_static(b"m"),
+                }),
+            },
+        ],
+        parents: vec![side],
+        message: "merge side".into(),
+        ..Default::default()
+    };
+    let applied = store.apply(set.clone()).await?;
+    for w in writes {
+        w.await??;
+    }
+    let rev = applied.revision.expect("the set changed keys");
+    let messages = meta_messages(&config)?;
+    assert!(
+        messages.contains(&format!("{rev}-{rev}")),
+        "revision {rev} alone in its commit (with the log of its two changes): {messages:?}"
+    );
+    let data = git(&config.repo, &["log", "--format=%H %P %s", &config.data_ref])?;
+    let line = data
+        .lines()
+        .find(|l| l.ends_with(&format!(" {rev}")))
+        .unwrap_or_else(|| panic!("a data commit for {rev}: {data}"));
+    assert_eq!(line.split(' ').count(), 4, "two parents: {line}");
+    assert!(line.contains(&side.to_string()), "the extra parent: {line}");
+    assert_eq!(
+        git(&config.repo, &["show", &format!("{}:a", config.data_ref)])?,
+        "merged"
+    );
+    // The same set again: /a moved on, so it is refused.
+    assert!(matches!(store.apply(set).await, Err(Error::Changed { .. })));
+    store.close();
+    Ok(())
+}
+
+/// One writer per branch pair: a second store on the same pair is refused
+/// and told who holds it; another pair of the same repository opens.
+#[tokio::test]
+async fn one_writer_per_branch_pair() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, config) = open(dir.path(), |_| {})?;
+    match Store::open(config.clone()) {
+        Err(StorageError::Repo(RepoError::Locked { holder, .. })) => {
+            assert!(holder.contains("refs/heads/main"), "{holder}")
+        }
+        Err(e) => panic!("locked, not {e}"),
+        Ok(_) => panic!("a second writer of the pair must be refused"),
+    }
+    let mut other = config.clone();
+    other.data_ref = "refs/heads/other".into();
+    other.metadata_ref = "refs/gitcd/metadata/refs/heads/other".into();
+    let second = Store::open(other)?;
+    second.close();
+    store.close();
+    let again = Store::open(config)?;
+    again.close();
+    Ok(())
+}
+
+/// A commit someone pushes to the data ref just before a write becomes a
+/// revision of its own, and the write lands after it: a moved ref is a
+/// retry, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_pushed_under_a_write_is_picked_up() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, config) = open(dir.path(), |c| c.poll_interval = std::time::Duration::from_secs(3600))?;
+    store.put(put("/a", "1")).await?;
+    let repo = config.repo.as_path();
+    let head = git(repo, &["rev-parse", &config.data_ref])?;
+    let blob = {
+        let mut child = Command::new("git")
+            .arg("--git-dir")
+            .arg(repo)
+            .args(["hash-object", "-w", "--stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        use std::io::Write as _;
+        child.stdin.take().expect("piped").write_all(b"pushed")?;
+        String::from_utf8(child.wait_with_output()?.stdout)?.trim().to_owned()
+    };
+    let base_tree = git(repo, &["rev-parse", &format!("{head}^{{tree}}")])?;
+    git(repo, &["read-tree", &base_tree])?;
+    git(
+        repo,
+        &["update-index", "--add", "--cacheinfo", &format!("100644,{blob},ext")],
+    )?;
+    let tree = git(repo, &["write-tree"])?;
+    let commit = git(repo, &["commit-tree", &tree, "-p", &head, "-m", "by hand"])?;
+    git(repo, &["update-ref", &config.data_ref, &commit, &head])?;
+    let resp = store.put(put("/after", "2")).await?;
+    let snap = store.snapshot();
+    let ext = snap.kvs.get(b"/ext".as_slice()).expect("the pushed file is a key");
+    assert_eq!(ext.value.as_ref(), b"pushed");
+    assert!(ext.meta.mod_revision < resp.header.map_or(0, |h| h.revision));
+    store.close();
+    Ok(())
+}
+
+/// Closing finishes the writes queued before it; later ones are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_finishes_queued_writes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, config) = open(dir.path(), |_| {})?;
+    let writes: Vec<_> = (0..32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.put(put(&format!("/k{i}"), "v")).await })
+        })
+        .collect();
+    // Let every write reach the queue before the stop message.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.snapshot().revision < 2 && std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+    tokio::task::spawn_blocking({
+        let store = store.clone();
+        move || store.close()
+    })
+    .await?;
+    let mut ok = 0;
+    for w in writes {
+        match w.await? {
+            Ok(_) => ok += 1,
+            Err(Error::Stopped) => {}
+            Err(e) => panic!("a write either lands or is refused as stopped: {e}"),
+        }
+    }
+    assert!(ok >= 1);
+    assert!(matches!(store.put(put("/late", "x")).await, Err(Error::Stopped)));
+    // What was acknowledged is in the repository.
+    let reopened = Store::open(config)?;
+    assert_eq!(reopened.snapshot().kvs.len(), ok);
+    reopened.close();
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! A repository shared with Git: while gitcd serves writes and folds and
+//! consolidates its packs, `git push` brings a large history in, `git fetch`
+//! brings another, `git gc --auto` runs, and a second gitcd serves another
+//! branch pair of the same repository. Afterwards `git fsck --strict` is
+//! clean, every acknowledged write is there, and every pushed commit is
+//! readable. One process owns pack maintenance.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, ensure};
+use bytes::Bytes;
+use common::proto::etcdserverpb::PutRequest;
+use common::store::StoreConfig;
+
+use crate::support::{Client, Gitcd, all_kvs, commit_files, fsck, git, new_work_repo};
+
+/// A history of `commits` commits over a few hundred files, made by git
+/// fast-import (quick, and large enough that receive-pack keeps a pack).
+fn big_history(dir: &Path, commits: usize) -> Result<()> {
+    new_work_repo(dir)?;
+    let mut script = String::new();
+    for c in 0..commits {
+        let message = format!("c{c}");
+        script.push_str(&format!(
+            "commit refs/heads/main\ncommitter t <t@t> {} +0000\ndata {}\n{message}\n",
+            1_700_000_000 + c,
+            message.len()
+        ));
+        for f in 0..8 {
+            let content = format!("file {} of commit {c}\n{}\n", (c * 8 + f) % 300, "x".repeat(c % 50));
+            script.push_str(&format!(
+                "M 100644 inline d{}/f{}\ndata {}\n{content}\n",
+                f % 4,
+                (c * 8 + f) % 300,
+                content.len()
+            ));
+        }
+    }
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["fast-import", "--quiet"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(script.as_bytes())?;
+    ensure!(child.wait()?.success(), "git fast-import failed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn git_and_gitcd_share_a_repository() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let repo = dir.path().join("repo.git");
+    let gitcd = Gitcd::start(&repo).await?;
+    let mut other_config = StoreConfig::with_repo(&repo);
+    other_config.data_ref = "refs/heads/other".into();
+    other_config.metadata_ref = "refs/gitcd/metadata/refs/heads/other".into();
+    let other = Gitcd::start_with(other_config).await?;
+
+    // Writers: enough groups for several folds (128 group packs each).
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let addr = gitcd.addr;
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr).await?;
+                let mut acked = Vec::new();
+                for i in 0..150 {
+                    let (key, value) = (format!("/w{w}/k{}", i % 40), format!("{w}-{i}"));
+                    c.kv.put(PutRequest {
+                        key: Bytes::from(key.clone()),
+                        value: Bytes::from(value.clone()),
+                        ..Default::default()
+                    })
+                    .await?;
+                    acked.push((key, value));
+                }
+                anyhow::Ok(acked)
+            })
+        })
+        .collect();
+    let mut other_client = other.client().await?;
+
+    // Meanwhile: a push of a large history, a fetch of another, gc --auto.
+    let pushed = dir.path().join("pushed");
+    big_history(&pushed, 400)?;
+    let fetched = dir.path().join("fetched");
+    new_work_repo(&fetched)?;
+    for i in 0..20 {
+        commit_files(&fetched, &[(&format!("f{i}"), &"y".repeat(1000 + i))], &format!("f{i}"))?;
+    }
+    let repo_url = repo.to_str().context("UTF-8 path")?;
+    git(&pushed, &["push", "-q", repo_url, "main:refs/heads/imported"])?;
+    git(
+        &repo,
+        &[
+            "fetch",
+            "-q",
+            fetched.to_str().context("UTF-8 path")?,
+            "main:refs/heads/fetched",
+        ],
+    )?;
+    other_client
+        .kv
+        .put(PutRequest {
+            key: Bytes::from_static(b"/other"),
+            value: Bytes::from_static(b"1"),
+            ..Default::default()
+        })
+        .await?;
+    git(
+        &repo,
+        &["-c", "gc.autoPackLimit=2", "-c", "gc.auto=1", "gc", "--auto", "--quiet"],
+    )?;
+
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await??);
+    }
+    gitcd.stop().await?;
+    other.stop().await?;
+
+    fsck(&repo, &["--strict"]).await?;
+    let missing = git(
+        &repo,
+        &[
+            "rev-list",
+            "--objects",
+            "--missing=print",
+            "refs/heads/imported",
+            "refs/heads/fetched",
+        ],
+    )?;
+    ensure!(
+        !missing.lines().any(|l| l.starts_with('?')),
+        "objects missing: {missing}"
+    );
+    ensure!(
+        git(&repo, &["rev-parse", "refs/heads/imported"])? == git(&pushed, &["rev-parse", "main"])?,
+        "the pushed history is whole"
+    );
+
+    // Every acknowledged write, after a restart.
+    let gitcd = Gitcd::start(&repo).await?;
+    let mut c = gitcd.client().await?;
+    let now: std::collections::BTreeMap<String, String> = all_kvs(&mut c, 0)
+        .await?
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
+        .collect();
+    let mut last = std::collections::BTreeMap::new();
+    for (k, v) in acked {
+        last.insert(k, v);
+    }
+    for (k, v) in &last {
+        ensure!(now.get(k) == Some(v), "{k}: acknowledged {v}, found {:?}", now.get(k));
+    }
+    gitcd.stop().await?;
+    Ok(())
+}
+
+/// Only one process maintains a repository's packs: the first store to
+/// open takes the lock; a second store of the same repository does not.
+#[tokio::test]
+async fn one_maintainer_per_repository() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let repo = dir.path().join("repo.git");
+    let first = common::store::Store::open(StoreConfig::with_repo(&repo))?;
+    let mut config = StoreConfig::with_repo(&repo);
+    config.data_ref = "refs/heads/b".into();
+    config.metadata_ref = "refs/gitcd/metadata/refs/heads/b".into();
+    let second = common::store::Store::open(config.clone())?;
+    ensure!(first.maintains_packs() && !second.maintains_packs());
+    first.close();
+    second.close();
+    config.maintenance = common::repo::Maintenance::Off;
+    let off = common::store::Store::open(config)?;
+    ensure!(!off.maintains_packs(), "--pack-maintenance=off");
+    off.close();
+    Ok(())
+}
