@@ -8,6 +8,7 @@ pub mod keys;
 pub mod lease;
 pub mod meta;
 pub mod proto;
+pub mod remote;
 pub mod repo;
 #[cfg(feature = "grpc")]
 pub mod server;

@@ -10,7 +10,8 @@
 //! compact     the compact revision (absent until the first Compact)
 //! leases      one line per lease: "<id> <ttl>" (absent when none)
 //! log         only in a commit grouping several revisions: each one's changes
-//! keys/ab/cdef…   one blob per key, named by the SHA-1 of the key bytes
+//! keys/ab/cdef…   one blob per key, named by the SHA-1 of the key bytes:
+//!                 key, create, mod, version, lease, time (see `encode_key`)
 //! ```
 
 use std::fmt::Write as _;
@@ -26,13 +27,18 @@ pub const LEASES_ENTRY: &str = "leases";
 pub const KEYS_DIR: &str = "keys";
 pub const LOG_ENTRY: &str = "log";
 
-/// The bookkeeping etcd keeps for a live key.
+/// The bookkeeping etcd keeps for a live key, and the time its value was
+/// written (what the `newest` merge policy compares).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct KeyMeta {
     pub create_revision: i64,
     pub mod_revision: i64,
     pub version: i64,
     pub lease: i64,
+    /// When the value was written, in nanoseconds since the Unix epoch; 0
+    /// when unknown. A merge carries it with the value: merging does not
+    /// make a value newer.
+    pub time: i64,
 }
 
 /// A metadata blob that does not parse.
@@ -70,6 +76,9 @@ pub fn encode_key(key: &[u8], meta: &KeyMeta) -> Vec<u8> {
     if meta.lease != 0 {
         let _ = writeln!(out, "lease {}", meta.lease);
     }
+    if meta.time != 0 {
+        let _ = writeln!(out, "time {}", meta.time);
+    }
     out.into_bytes()
 }
 
@@ -85,6 +94,7 @@ pub fn decode_key(blob: &[u8]) -> Result<(Vec<u8>, KeyMeta), ParseError> {
             b"mod" => meta.mod_revision = parse_int(name, value)?,
             b"version" => meta.version = parse_int(name, value)?,
             b"lease" => meta.lease = parse_int(name, value)?,
+            b"time" => meta.time = parse_int(name, value)?,
             // Unknown fields are kept for forward compatibility: ignored.
             _ => {}
         }
@@ -218,6 +228,8 @@ pub fn decode_log(blob: &bytes::Bytes) -> Result<Vec<LogRevision>, ParseError> {
                     mod_revision: int("mod")?,
                     version: int("version")?,
                     lease: int("lease")?,
+                    // Not logged: history reads do not need it.
+                    time: 0,
                 };
                 let size = usize::try_from(int("size")?).map_err(|_| ParseError::new("negative value size"))?;
                 let key = crate::keys::unescape(fields.next().unwrap_or_default());
@@ -281,6 +293,7 @@ mod tests {
                     mod_revision: 9,
                     version: 3,
                     lease: 0,
+                    time: 0,
                 },
             ),
             (
@@ -290,6 +303,7 @@ mod tests {
                     mod_revision: 1,
                     version: 1,
                     lease: 7587,
+                    time: 1_764_576_866_123_456_789,
                 },
             ),
         ];
@@ -304,6 +318,7 @@ mod tests {
                 mod_revision: 3,
                 version: 2,
                 lease: 0,
+                time: 0,
             },
         );
         assert_eq!(blob, b"key /a\ncreate 2\nmod 3\nversion 2\n");
@@ -332,6 +347,7 @@ mod tests {
             mod_revision: 4,
             version: 2,
             lease: 9,
+            time: 0,
         };
         let log = [
             LogRevision {

@@ -34,9 +34,12 @@ pub struct StoreArgs {
     /// Recent revisions whose events stay in memory for watchers; older ones are read from Git.
     #[arg(long, env = "GITCD_HISTORY_WINDOW", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub history_window: u32,
-    /// How often the data ref is checked for commits made outside gitcd, and leases for expiry.
+    /// How often the data ref is read for commits made outside gitcd when no change notification (inotify) came.
     #[arg(long, env = "GITCD_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Whether gitcd folds and consolidates the repository's packs: auto (if no other process does) or off (git gc or a person does).
+    #[arg(long, env = "GITCD_PACK_MAINTENANCE", default_value = "auto", value_parser = ["auto", "off"])]
+    pub pack_maintenance: String,
     /// Most revisions one commit may group when writes arrive faster than commits are made; 1 makes every revision its own commit.
     #[arg(long, env = "GITCD_MAX_COMMIT_REVISIONS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_commit_revisions: u32,
@@ -69,7 +72,10 @@ impl StoreArgs {
             history_window: self.history_window as usize,
             poll_interval: self.poll_interval,
             max_commit_revisions: self.max_commit_revisions as usize,
-            maintenance: common::repo::Maintenance::Auto,
+            maintenance: match self.pack_maintenance.as_str() {
+                "off" => common::repo::Maintenance::Off,
+                _ => common::repo::Maintenance::Auto,
+            },
         })
     }
 }

@@ -152,6 +152,11 @@ pub(super) fn object_id(kind: Kind, data: &[u8]) -> ObjectId {
     ObjectId::from_bytes_or_panic(&sha1::Digest::finalize(hasher))
 }
 
+/// fsyncs a file or directory someone else wrote (a fetched pack).
+pub fn sync_path(path: &Path) -> Result<(), RepoError> {
+    sync_file(path)
+}
+
 pub(super) fn sync_file(path: &Path) -> Result<(), RepoError> {
     fs::File::open(path).and_then(|f| f.sync_all()).map_err(io_err(path))
 }

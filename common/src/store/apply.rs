@@ -59,6 +59,16 @@ pub struct Apply<'a> {
     pub leases: Vec<LeaseChange>,
     /// Set by a change set: its revision is committed alone.
     pub own_commit: Option<OwnCommit>,
+    /// When the request is applied: the write time of the values it puts
+    /// (nanoseconds since the Unix epoch).
+    pub now: i64,
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+pub fn unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -80,6 +90,7 @@ impl<'a> Apply<'a> {
             notes: Vec::new(),
             leases: Vec::new(),
             own_commit: None,
+            now: unix_nanos(),
         }
     }
 
@@ -106,6 +117,11 @@ impl<'a> Apply<'a> {
     }
 
     fn put_in_txn(&mut self, req: &PutRequest) -> Result<PutResponse, Error> {
+        self.put_at(req, self.now)
+    }
+
+    /// A put whose value was written at `time`.
+    fn put_at(&mut self, req: &PutRequest, time: i64) -> Result<PutResponse, Error> {
         let prev = self.state.kvs.get(req.key.as_ref()).cloned();
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(Error::KeyNotFound);
@@ -125,12 +141,14 @@ impl<'a> Apply<'a> {
                 mod_revision: rev,
                 version: p.meta.version + 1,
                 lease,
+                time,
             },
             None => KeyMeta {
                 create_revision: rev,
                 mod_revision: rev,
                 version: 1,
                 lease,
+                time,
             },
         };
         let kv = Kv { meta, value };
@@ -443,12 +461,13 @@ impl Apply<'_> {
                         .get(c.key.as_ref())
                         .is_some_and(|kv| kv.value == new.value);
                     if !unchanged {
-                        self.put_in_txn(&PutRequest {
+                        let put = PutRequest {
                             key: c.key.clone(),
                             value: new.value.clone(),
                             lease,
                             ..Default::default()
-                        })?;
+                        };
+                        self.put_at(&put, new.time)?;
                     }
                 }
                 None => {
@@ -545,6 +564,7 @@ mod tests {
                 mod_revision: m,
                 version: v,
                 lease,
+                time: 0,
             },
             value: b(value),
         };
@@ -818,7 +838,7 @@ mod tests {
         let change = |key: &str, expect_mod, value: Option<&str>| KeyChange {
             key: b(key),
             expect_mod,
-            new: value.map(|v| NewValue { value: b(v) }),
+            new: value.map(|v| NewValue { value: b(v), time: 42 }),
         };
         let mut s = state();
         let history = no_history;
@@ -848,6 +868,11 @@ mod tests {
         );
         assert_eq!(a.state.kvs[&b("/new")].meta.lease, 0);
         assert_eq!(a.state.kvs[&b("/new")].meta.create_revision, 6);
+        assert_eq!(
+            a.state.kvs[&b("/new")].meta.time,
+            42,
+            "a merged value keeps its write time"
+        );
         assert!(!a.state.kvs.contains_key(&b("/a")));
         assert_eq!(a.changes.len(), 3);
         assert_eq!(a.own_commit.as_ref().map(|o| o.message.as_str()), Some("merge"));

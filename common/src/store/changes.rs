@@ -44,4 +44,7 @@ pub struct KeyChange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewValue {
     pub value: Bytes,
+    /// When it was written (nanoseconds since the Unix epoch): merges carry
+    /// a value's time with it.
+    pub time: i64,
 }

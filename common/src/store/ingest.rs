@@ -63,6 +63,7 @@ impl Writer {
                 }
             }
             let rev = self.working.revision + 1;
+            let time = commit.time.saturating_mul(1_000_000_000);
             let mut changes = Vec::with_capacity(by_key.len());
             for (key, blob) in by_key {
                 let key = Bytes::from(key);
@@ -76,12 +77,14 @@ impl Writer {
                                 mod_revision: rev,
                                 version: p.meta.version + 1,
                                 lease: p.meta.lease,
+                                time,
                             },
                             None => KeyMeta {
                                 create_revision: rev,
                                 mod_revision: rev,
                                 version: 1,
                                 lease: 0,
+                                time,
                             },
                         };
                         let kv = Kv { meta: m, value };

@@ -200,6 +200,7 @@ mod tests {
                             mod_revision: m,
                             version: v,
                             lease: 0,
+                            time: 0,
                         },
                         value: Bytes::from_static(value.as_bytes()),
                     },

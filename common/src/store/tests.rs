@@ -102,6 +102,7 @@ async fn change_sets_commit_alone() -> anyhow::Result<()> {
                 expect_mod: a_mod,
                 new: Some(NewValue {
                     value: Bytes::from_static(b"merged"),
+                    time: 1,
                 }),
             },
             KeyChange {
@@ -109,6 +110,7 @@ async fn change_sets_commit_alone() -> anyhow::Result<()> {
                 expect_mod: 0,
                 new: Some(NewValue {
                     value: Bytes::from_static(b"m"),
+                    time: 1,
                 }),
             },
         ],
