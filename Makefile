@@ -15,9 +15,11 @@ build: ## Build every binary (release)
 run: ## Build and start gitcd on the default repository ($(REPO)), listening on 127.0.0.1:2379
 	$(CARGO) run --release --bin gitcd -- serve --repo $(REPO)
 
-deps: ## Install what the tests need: etcdctl and etcd (Debian etcd-client, etcd-server), git
-	@if ! command -v etcdctl >/dev/null || ! command -v etcd >/dev/null || ! command -v git >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-client etcd-server git; \
+deps: ## Install what the tests need: etcdctl and etcd (Debian etcd-client, etcd-server), git, sshd, python3
+	@if ! command -v etcdctl >/dev/null || ! command -v etcd >/dev/null || ! command -v git >/dev/null \
+		|| ! [ -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null || ! command -v python3 >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			etcd-client etcd-server git openssh-server openssh-client python3; \
 	fi
 
 lint: ## Check formatting and clippy lints

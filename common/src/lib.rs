@@ -6,6 +6,7 @@ pub mod error;
 pub mod etcd;
 pub mod keys;
 pub mod lease;
+pub mod merge;
 pub mod meta;
 pub mod proto;
 pub mod remote;

@@ -20,7 +20,7 @@ mod apply;
 mod changes;
 mod commit;
 mod events;
-mod history;
+pub(crate) mod history;
 mod ingest;
 mod job;
 mod open;

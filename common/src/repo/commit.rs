@@ -55,9 +55,15 @@ impl LocalRepo {
     /// Every best common ancestor of `one` and `two` (`git merge-base
     /// --all`), in a stable order; empty when they share no history.
     pub fn merge_bases(&self, one: ObjectId, two: ObjectId) -> Result<Vec<ObjectId>, RepoError> {
+        self.merge_bases_of(one, &[two])
+    }
+
+    /// Every best common ancestor of `one` and all of `others` together (a
+    /// merge of `others` and `one`), in a stable order.
+    pub fn merge_bases_of(&self, one: ObjectId, others: &[ObjectId]) -> Result<Vec<ObjectId>, RepoError> {
         let mut bases: Vec<ObjectId> = self
             .git
-            .merge_bases_many(one, &[two])
+            .merge_bases_many(one, others)
             .map_err(|source| RepoError::Read { id: one, source })?
             .into_iter()
             .map(|id| id.detach())

@@ -143,6 +143,11 @@ impl ObjectWriter {
     }
 }
 
+/// The id blob `data` has (or would have) in a repository.
+pub fn blob_id(data: &[u8]) -> ObjectId {
+    object_id(Kind::Blob, data)
+}
+
 /// The id of object `data` of `kind`.
 pub(super) fn object_id(kind: Kind, data: &[u8]) -> ObjectId {
     let header = format!("{} {}\0", kind.name(), data.len());
