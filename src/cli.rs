@@ -2,6 +2,11 @@
 //! concern: where the store is (`store`), how gitcd serves (`serve`). What
 //! every binary shares (exit codes, parsing, durations, logging) is here.
 
+pub mod merge;
+pub mod prepare;
+pub mod publish;
+pub mod pull;
+pub mod remote;
 #[cfg(feature = "grpc")]
 pub mod serve;
 pub mod store;

@@ -4,11 +4,15 @@
 pub mod error;
 #[cfg(feature = "grpc")]
 pub mod etcd;
+pub mod http;
 pub mod keys;
 pub mod lease;
 pub mod merge;
 pub mod meta;
+pub mod prepare;
 pub mod proto;
+pub mod publish;
+pub mod pull;
 pub mod remote;
 pub mod repo;
 #[cfg(feature = "grpc")]

@@ -93,6 +93,18 @@ impl RemoteError {
     }
 }
 
+/// The URL of remote `name` in the repository at `git_dir`'s config.
+pub fn configured_url(git_dir: &std::path::Path, name: &str) -> Result<Option<String>, crate::repo::RepoError> {
+    let repo = gix::open_opts(git_dir, gix::open::Options::isolated()).map_err(|source| {
+        crate::repo::RepoError::NotARepository {
+            path: git_dir.to_owned(),
+            source,
+        }
+    })?;
+    let key = format!("remote.{name}.url");
+    Ok(repo.config_snapshot().string(key.as_str()).map(|v| v.to_string()))
+}
+
 /// The remote-tracking ref that fetches of `remote`'s ref `name` land in:
 /// `refs/heads/x` -> `refs/remotes/<remote>/x`, any other `refs/y` ->
 /// `refs/remotes/<remote>/y` (so the default metadata ref

@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub max_request_bytes: usize,
     /// How often watchers that asked for progress notifications get one.
     pub watch_progress_interval: std::time::Duration,
+    /// Merging an upstream branch in and pushing, when asked for.
+    pub pull: Option<crate::pull::PullConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +140,24 @@ pub async fn serve(
                 .map_err(|source| ServeError::Transport { addr, source })
         });
     }
+    let puller = config.pull.clone().map(|pull| {
+        tracing::info!(
+            remote = %crate::remote::redact(&pull.remote.url),
+            merge = ?pull.merge_refs,
+            push = pull.push,
+            interval = ?pull.interval,
+            "pulling from upstream"
+        );
+        tokio::spawn(crate::pull::run(store.clone(), pull, Arc::default(), stop_rx.clone()))
+    });
     let served = drain(servers, stop_rx).await;
+    if let Some(puller) = puller {
+        match puller.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %crate::error::chain(&e), "the pull loop ended"),
+            Err(_) => return Err(ServeError::Panicked("the pull loop")),
+        }
+    }
     // The writes already queued finish (or fail) before the writer stops.
     tokio::task::spawn_blocking(move || store.close())
         .await

@@ -249,6 +249,7 @@ struct Shared {
     lessor: std::sync::Mutex<Lessor>,
     repo: Repo,
     maintains_packs: bool,
+    config: StoreConfig,
     /// Object store size at start; the writer adds what it writes.
     db_size_base: i64,
     db_size: std::sync::atomic::AtomicI64,
@@ -296,6 +297,7 @@ impl Store {
             lessor: std::sync::Mutex::new(lessor),
             repo,
             maintains_packs: loaded.maintains_packs(),
+            config: config.clone(),
             db_size_base: db_size - loaded.bytes_written(),
             db_size: std::sync::atomic::AtomicI64::new(db_size),
         });
@@ -351,6 +353,16 @@ impl Store {
     /// maintenance lock).
     pub fn maintains_packs(&self) -> bool {
         self.shared.maintains_packs
+    }
+
+    /// The data ref this store serves.
+    pub fn data_ref(&self) -> &str {
+        &self.shared.config.data_ref
+    }
+
+    /// The metadata ref this store writes.
+    pub fn metadata_ref(&self) -> &str {
+        &self.shared.config.metadata_ref
     }
 
     /// The repository's `.git` directory.

@@ -26,6 +26,8 @@ enum Command {
     Serve(ServeArgs),
     /// Build or catch up metadata for the data ref's history (same as gitcd-init).
     Init(InitArgs),
+    /// Merge participants' branches into one branch and push it (same as gitcd-pull).
+    Pull(trishanku::cli::pull::PullArgs),
     /// Print gitcd's version and the etcd version it reports.
     Version,
 }
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Init(args) => trishanku::cli::store::run_init(&args.store),
+        Command::Pull(args) => trishanku::cli::pull::run(&args),
         Command::Serve(args) => serve(args),
     }
 }

@@ -2,7 +2,9 @@
 
 use clap::Args;
 
+use super::merge::MergeArgs;
 use super::parse_duration;
+use super::remote::RemoteArgs;
 use super::store::StoreArgs;
 
 #[derive(Args, Clone, Debug)]
@@ -24,12 +26,54 @@ pub struct ServeArgs {
     /// Interval of progress notifications to watchers that ask for them.
     #[arg(long, env = "GITCD_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub watch_progress_notify_interval: std::time::Duration,
+    /// Merge this branch of --remote into the served branch, every --pull-interval.
+    #[arg(long, env = "GITCD_UPSTREAM_REF")]
+    pub upstream_ref: Option<String>,
+    /// How often the upstream branch is fetched and merged.
+    #[arg(long, env = "GITCD_PULL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub pull_interval: std::time::Duration,
+    /// Push the served branch pair to --remote after merges and soon after each write.
+    #[arg(long, env = "GITCD_PUSH")]
+    pub push: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(flatten)]
+    pub merge: MergeArgs,
 }
 
 impl ServeArgs {
+    /// The pull loop's config: `None` unless --upstream-ref or --push asks
+    /// for one.
+    fn pull_config(&self, repo: &std::path::Path) -> Result<Option<common::pull::PullConfig>, String> {
+        if self.upstream_ref.is_none() && !self.push {
+            return Ok(None);
+        }
+        if self.pull_interval.is_zero() {
+            return Err("--pull-interval must be more than 0".into());
+        }
+        if let Some(r) = &self.upstream_ref
+            && !r.starts_with("refs/")
+        {
+            return Err(format!(
+                "--upstream-ref {r:?}: must be a full ref name starting with refs/"
+            ));
+        }
+        let (remote, credentials) = self.remote.resolve(repo)?;
+        Ok(Some(common::pull::PullConfig {
+            remote,
+            credentials,
+            merge_refs: self.upstream_ref.iter().cloned().collect(),
+            push: self.push,
+            interval: self.pull_interval,
+            policy: self.merge.to_policy()?,
+            timeout: self.remote.remote_timeout,
+        }))
+    }
+
     /// The server config, or a usage error.
     pub fn to_config(&self) -> Result<common::server::ServeConfig, String> {
         let store = self.store.to_config()?;
+        let store_repo = store.repo.clone();
         let listen = common::server::parse_listen_urls(&self.listen_urls).map_err(|e| format!("--listen-urls: {e}"))?;
         let advertise = self.advertise_client_urls.as_deref().unwrap_or(&self.listen_urls);
         Ok(common::server::ServeConfig {
@@ -43,6 +87,7 @@ impl ServeArgs {
             name: self.name.clone(),
             max_request_bytes: self.max_request_bytes,
             watch_progress_interval: self.watch_progress_notify_interval,
+            pull: self.pull_config(&store_repo)?,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real server, real repositories, real peers.
 
 mod cli;
+mod coordination;
 mod crash;
 mod differential;
 mod etcdctl;

@@ -80,7 +80,16 @@ impl Gitcd {
         Self::start_with(StoreConfig::with_repo(repo)).await
     }
 
-    pub async fn start_with(mut store: StoreConfig) -> Result<Self> {
+    pub async fn start_with(store: StoreConfig) -> Result<Self> {
+        Self::start_serving(store, None).await
+    }
+
+    /// A gitcd that also merges an upstream branch in and pushes.
+    pub async fn start_pulling(store: StoreConfig, pull: common::pull::PullConfig) -> Result<Self> {
+        Self::start_serving(store, Some(pull)).await
+    }
+
+    async fn start_serving(mut store: StoreConfig, pull: Option<common::pull::PullConfig>) -> Result<Self> {
         store.poll_interval = Duration::from_millis(50);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -91,6 +100,7 @@ impl Gitcd {
             name: "test".into(),
             max_request_bytes: common::etcd::DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_interval: Duration::from_millis(300),
+            pull,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(common::server::serve(config, vec![listener], async move {

@@ -72,6 +72,18 @@ pub fn writer_lock_path(git_dir: &Path, metadata_ref: &str) -> PathBuf {
     git_dir.join("gitcd").join(format!("writer-{hex}.lock"))
 }
 
+/// Where the marker lives that says the branch pair `metadata_ref` was just
+/// restored from its upstream (written by git-pre, removed by the store once
+/// it has jumped its revisions, see docs/format.md).
+pub fn restored_marker_path(git_dir: &Path, metadata_ref: &str) -> PathBuf {
+    let lock = writer_lock_path(git_dir, metadata_ref);
+    lock.with_file_name(
+        lock.file_name()
+            .map(|n| n.to_string_lossy().replace("writer-", "restored-").replace(".lock", ""))
+            .unwrap_or_default(),
+    )
+}
+
 /// Where the lock of the repository's pack maintenance lives.
 pub fn maintenance_lock_path(git_dir: &Path) -> PathBuf {
     git_dir.join("gitcd").join("maintenance.lock")

@@ -80,7 +80,21 @@ pub fn from_git(repo: &LocalRepo, index: &Revisions, rev: i64) -> Result<Revisio
     if let Some((group, first)) = now.group {
         return from_log(repo, index, (group, &index.log(repo, group)?), first, rev);
     }
-    let before = index.get(rev - 1);
+    // The revision before; after a jump (a restored store) there is none,
+    // and the state before is the previous metadata commit's.
+    let before = match index.get(rev - 1) {
+        Some(b) => Some(b),
+        None => {
+            let parents = repo.commit(now.metadata)?.parents;
+            match parents.as_slice() {
+                [prev, _] => {
+                    let data = history::data_of(repo, *prev)?;
+                    Some(super::revisions::RevisionCommits::exact(*prev, data))
+                }
+                _ => None,
+            }
+        }
+    };
     let keys_tree = |commit: gix::ObjectId| -> Result<Option<gix::ObjectId>, Error> {
         let tree = repo.commit(commit)?.tree;
         Ok(repo.lookup(tree, &[meta::KEYS_DIR.as_bytes()])?.map(|e| e.id))

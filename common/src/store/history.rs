@@ -48,6 +48,29 @@ pub fn read_at(repo: &LocalRepo, revisions: &Revisions, rev: i64, range: &KeyRan
     Ok(kvs.into_iter().collect())
 }
 
+/// The data commit metadata commit `commit` describes (its second parent,
+/// or its `data` entry for a first one).
+pub fn data_of(repo: &LocalRepo, commit: gix::ObjectId) -> Result<gix::ObjectId, Error> {
+    let c = repo.commit(commit)?;
+    if let [_, data] = c.parents.as_slice() {
+        return Ok(*data);
+    }
+    let entry = repo
+        .lookup(c.tree, &[meta::DATA_ENTRY.as_bytes()])?
+        .ok_or(CorruptError::MissingEntry {
+            commit,
+            entry: meta::DATA_ENTRY,
+        })?;
+    let hex = repo.read(entry.id, Kind::Blob)?;
+    Ok(
+        gix::ObjectId::from_hex(hex.trim_ascii()).map_err(|_| CorruptError::Malformed {
+            commit,
+            entry: meta::DATA_ENTRY.into(),
+            source: meta::ParseError::new("not an object id"),
+        })?,
+    )
+}
+
 /// The revisions recorded in the `log` of grouped metadata commit `commit`.
 pub fn group_log(repo: &LocalRepo, commit: gix::ObjectId) -> Result<Vec<meta::LogRevision>, Error> {
     let tree = repo.commit(commit)?.tree;

@@ -12,11 +12,16 @@ use super::writer::{MAX_BATCH, STALE_LOCK_PATIENCE, Writer};
 use super::{CorruptError, Kv, Lease, RevisionEvents, Snapshot, StorageError, StoreConfig};
 use crate::keys;
 use crate::meta;
-use crate::repo::lock::{OwnerLock, writer_lock_path};
+use crate::repo::lock::{OwnerLock, restored_marker_path, writer_lock_path};
 use crate::repo::refs::RefUpdate;
 use crate::repo::{Kind, ObjectWriter, Repo, TreeNode, tree};
 
 use std::sync::Arc;
+
+/// How far the revisions of a store restored from its upstream jump: more
+/// than it can have acknowledged after its last successful push (see
+/// docs/format.md for the limits).
+pub const RESTORE_JUMP: i64 = 1_000_000;
 
 impl Writer {
     /// Opens the store in `repo`: loads it, or builds its metadata first, and
@@ -49,8 +54,31 @@ impl Writer {
                 w.reconcile(data_ref)?;
             }
         }
+        let marker = restored_marker_path(repo.git_dir(), &config.metadata_ref);
+        if marker.exists() {
+            w.jump_after_restore()?;
+            std::fs::remove_file(&marker).map_err(|source| crate::repo::RepoError::Io { path: marker, source })?;
+        }
         w.mark_durable();
         Ok(w)
+    }
+
+    /// A branch pair restored from its upstream (its volume was lost) may
+    /// have acknowledged revisions that never reached the upstream: jump
+    /// past any of them, and compact at the jump, so that no client sees a
+    /// revision twice or goes back, and a watcher from before relists.
+    fn jump_after_restore(&mut self) -> Result<(), StorageError> {
+        let from = self.working.revision;
+        let to = from + RESTORE_JUMP;
+        self.working.revision = to;
+        self.working.compact_revision = to;
+        let message = format!("{to}\n\nrestored from upstream: revisions jump from {from} to {to}");
+        self.write_meta_commit(to, to, &message, None)?;
+        let before = self.repo.ref_target(&self.config.metadata_ref)?;
+        let data = self.data_head;
+        self.persist(data, before)?;
+        tracing::warn!(from, to, metadata_ref = %self.config.metadata_ref, "restored from upstream: revisions jump past any acknowledged but not pushed");
+        Ok(())
     }
 
     /// Builds metadata for a repository that has none: a first empty commit
