@@ -3,12 +3,12 @@
 use clap::Args;
 
 use super::remote::CredentialArgs;
-use super::store::StoreArgs;
+use super::store::BranchArgs;
 
 #[derive(Args, Clone, Debug)]
 pub struct PrepareArgs {
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub branch: BranchArgs,
     /// The upstream repository to clone from and push to; without it, a new bare repository.
     #[arg(long, env = "GITCD_REMOTE_URL")]
     pub remote_url: Option<String>,
@@ -30,7 +30,7 @@ pub struct PrepareArgs {
 
 impl PrepareArgs {
     pub fn to_config(&self) -> Result<common::prepare::PrepareConfig, String> {
-        let store = self.store.to_config()?;
+        let store = self.branch.to_branch()?;
         if self.upstream_ref.is_some() && self.remote_url.is_none() {
             return Err("--upstream-ref needs --remote-url".into());
         }

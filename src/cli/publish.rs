@@ -6,12 +6,12 @@ use clap::Args;
 
 use super::parse_duration;
 use super::remote::RemoteArgs;
-use super::store::StoreArgs;
+use super::store::BranchArgs;
 
 #[derive(Args, Clone, Debug)]
 pub struct PublishArgs {
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub branch: BranchArgs,
     /// Attempts in all before giving up.
     #[arg(long, env = "GITCD_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
@@ -24,7 +24,7 @@ pub struct PublishArgs {
 
 impl PublishArgs {
     pub fn to_config(&self) -> Result<common::publish::PublishConfig, String> {
-        let store = self.store.to_config()?;
+        let store = self.branch.to_branch()?;
         let (remote, credentials) = self.remote.resolve(&store.repo)?;
         Ok(common::publish::PublishConfig {
             repo: store.repo,

@@ -10,10 +10,10 @@ use common::store::StoreConfig;
 
 use super::{EXIT_FAILURE, parse_duration, usage_error};
 
-/// Where the store lives and who commits to it.
+/// The branch pair a binary works on, and who commits to it.
 #[derive(Args, Clone, Debug)]
-pub struct StoreArgs {
-    /// Git repository to serve (bare or not); created bare when missing.
+pub struct BranchArgs {
+    /// Git repository (bare or not); created bare when missing.
     #[arg(long, env = "GITCD_REPO", default_value = "/tmp/trishanku/gitcd")]
     pub repo: PathBuf,
     /// The data ref: one file per key.
@@ -22,12 +22,54 @@ pub struct StoreArgs {
     /// The metadata ref [default: refs/gitcd/metadata/<data-ref>].
     #[arg(long, env = "GITCD_METADATA_REF")]
     pub metadata_ref: Option<String>,
-    /// Author and committer name of gitcd's commits.
+    /// Author and committer name of the commits made.
     #[arg(long, env = "GITCD_COMMITTER_NAME", default_value = "trishanku")]
     pub committer_name: String,
-    /// Author and committer email of gitcd's commits.
+    /// Author and committer email of the commits made.
     #[arg(long, env = "GITCD_COMMITTER_EMAIL", default_value = "trishanku@heaven.com")]
     pub committer_email: String,
+}
+
+/// A branch pair, checked.
+pub struct Branch {
+    pub repo: PathBuf,
+    pub data_ref: String,
+    pub metadata_ref: String,
+    pub committer: Signature,
+}
+
+impl BranchArgs {
+    /// The branch pair, or a usage error.
+    pub fn to_branch(&self) -> Result<Branch, String> {
+        let metadata_ref = self
+            .metadata_ref
+            .clone()
+            .unwrap_or_else(|| format!("refs/gitcd/metadata/{}", self.data_ref));
+        for (flag, name) in [("--data-ref", &self.data_ref), ("--metadata-ref", &metadata_ref)] {
+            if !name.starts_with("refs/") {
+                return Err(format!("{flag} {name:?}: must be a full ref name starting with refs/"));
+            }
+        }
+        if self.data_ref == metadata_ref {
+            return Err("--data-ref and --metadata-ref must differ".into());
+        }
+        Ok(Branch {
+            repo: self.repo.clone(),
+            data_ref: self.data_ref.clone(),
+            metadata_ref,
+            committer: Signature {
+                name: self.committer_name.clone(),
+                email: self.committer_email.clone(),
+            },
+        })
+    }
+}
+
+/// Where the store lives, who commits to it, and how it keeps its state.
+#[derive(Args, Clone, Debug)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    pub branch: BranchArgs,
     /// Revision given to the oldest data commit when metadata is first built.
     #[arg(long, env = "GITCD_START_REVISION", default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
     pub start_revision: i64,
@@ -48,26 +90,12 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// The store config, or a usage error.
     pub fn to_config(&self) -> Result<StoreConfig, String> {
-        let metadata_ref = self
-            .metadata_ref
-            .clone()
-            .unwrap_or_else(|| format!("refs/gitcd/metadata/{}", self.data_ref));
-        for (flag, name) in [("--data-ref", &self.data_ref), ("--metadata-ref", &metadata_ref)] {
-            if !name.starts_with("refs/") {
-                return Err(format!("{flag} {name:?}: must be a full ref name starting with refs/"));
-            }
-        }
-        if self.data_ref == metadata_ref {
-            return Err("--data-ref and --metadata-ref must differ".into());
-        }
+        let b = self.branch.to_branch()?;
         Ok(StoreConfig {
-            repo: self.repo.clone(),
-            data_ref: self.data_ref.clone(),
-            metadata_ref,
-            committer: Signature {
-                name: self.committer_name.clone(),
-                email: self.committer_email.clone(),
-            },
+            repo: b.repo,
+            data_ref: b.data_ref,
+            metadata_ref: b.metadata_ref,
+            committer: b.committer,
             start_revision: self.start_revision,
             history_window: self.history_window as usize,
             poll_interval: self.poll_interval,
