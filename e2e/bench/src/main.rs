@@ -33,8 +33,8 @@ struct Args {
     /// Where both servers keep their data (the same disk for both).
     #[arg(long, default_value = "/tmp/trishanku-bench")]
     dir: PathBuf,
-    /// Comma-separated workloads: w1..w6.
-    #[arg(long, default_value = "w1,w2,w3,w4,w5,w6")]
+    /// Comma-separated workloads: w1..w7.
+    #[arg(long, default_value = "w1,w2,w3,w4,w5,w6,w7")]
     workloads: String,
     /// How long each timed workload runs.
     #[arg(long, default_value = "15")]
@@ -72,6 +72,7 @@ async fn main() -> Result<()> {
             "w4" => both(&args, "w4", |addr| w4_watch(addr, args.seconds)).await?,
             "w5" => w5_init(&args).await?,
             "w6" => w6_startup(&args).await?,
+            "w7" => w7_merge_cost(&args).await?,
             other => bail!("unknown workload {other}"),
         };
         rows.extend(r);
@@ -725,4 +726,127 @@ async fn w6_startup(args: &Args) -> Result<Vec<Row>> {
             higher_is_better: false,
         },
     ])
+}
+
+/// W7 (gitcd only): the cost of a merge into a store of `startup_keys`
+/// keys, for a few keys changed on the other side: planning it (reading
+/// Git) and applying it (one revision through the writer). A merge must
+/// cost in proportion to what changed, not to the store's size.
+async fn w7_merge_cost(args: &Args) -> Result<Vec<Row>> {
+    use common::merge::{Incoming, Outcome, Policy};
+    use common::store::{Store, StoreConfig};
+    let base = args.dir.join("w7");
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base)?;
+    let repo = base.join("repo.git");
+    let pair = |name: &str| {
+        let mut c = StoreConfig::with_repo(&repo);
+        c.data_ref = format!("refs/heads/{name}");
+        c.metadata_ref = format!("refs/gitcd/metadata/refs/heads/{name}");
+        c
+    };
+    let a = tokio::task::spawn_blocking({
+        let c = pair("a");
+        move || Store::open(c)
+    })
+    .await??;
+    let mut n = 0;
+    while n < args.startup_keys {
+        let ops: Vec<RequestOp> = (n..(n + 128).min(args.startup_keys))
+            .map(|i| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: Bytes::from(format!("/registry/r{}/ns{}/obj-{i}", i % 10, i % 20)),
+                    value: Bytes::from(vec![b'v'; 1024]),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        n += ops.len();
+        a.txn(TxnRequest {
+            compare: vec![],
+            success: ops,
+            failure: vec![],
+        })
+        .await?;
+    }
+    for (from, to) in [("a", "b")] {
+        for r in [
+            format!("refs/heads/{from}"),
+            format!("refs/gitcd/metadata/refs/heads/{from}"),
+        ] {
+            let id = Command::new("git")
+                .arg("--git-dir")
+                .arg(&repo)
+                .args(["rev-parse", &r])
+                .output()?;
+            let id = String::from_utf8(id.stdout)?;
+            let target = r.replace(from, to);
+            let ok = Command::new("git")
+                .arg("--git-dir")
+                .arg(&repo)
+                .args(["update-ref", &target, id.trim()])
+                .status()?;
+            anyhow::ensure!(ok.success(), "git update-ref {target}");
+        }
+    }
+    let b = tokio::task::spawn_blocking({
+        let c = pair("b");
+        move || Store::open(c)
+    })
+    .await??;
+    let mut rows = Vec::new();
+    for changed in [1usize, 10, 100] {
+        let (mut plans, mut applies) = (Vec::new(), Vec::new());
+        for round in 0..5 {
+            for i in 0..changed {
+                let k = (round * 1000 + i * 7) % args.startup_keys;
+                b.put(PutRequest {
+                    key: Bytes::from(format!("/registry/r{}/ns{}/obj-{k}", k % 10, k % 20)),
+                    value: Bytes::from(format!("changed {round}")),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            let meta = b.repo().ref_target(b.metadata_ref())?.context("b's metadata ref")?;
+            let incoming = Incoming {
+                commit: b.snapshot().data_commit,
+                meta_tree: Some(b.repo().commit(meta)?.tree),
+                name: "refs/heads/b".into(),
+            };
+            let t = Instant::now();
+            let outcome = tokio::task::spawn_blocking({
+                let a = a.clone();
+                move || common::merge::plan(&a.repo(), &a.snapshot(), &incoming, &Policy::default())
+            })
+            .await??;
+            plans.push(t.elapsed());
+            let Outcome::Changes(set) = outcome else {
+                bail!("a merge of {changed} changed keys changes something")
+            };
+            let t = Instant::now();
+            a.apply(set).await?;
+            applies.push(t.elapsed());
+        }
+        plans.sort();
+        applies.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        eprintln!(
+            "   {changed} keys changed in a {}-key store: plan {:.1} ms, apply {:.1} ms (medians of 5)",
+            args.startup_keys,
+            ms(plans[2]),
+            ms(applies[2])
+        );
+        for (what, d) in [("plan", plans[2]), ("apply", applies[2])] {
+            rows.push(Row {
+                workload: "w7",
+                metric: format!("merge {what} ms, {changed} keys of {}", args.startup_keys),
+                etcd: None,
+                gitcd: ms(d),
+                higher_is_better: false,
+            });
+        }
+    }
+    a.close();
+    b.close();
+    Ok(rows)
 }
