@@ -22,7 +22,7 @@ use std::time::Duration;
 pub use credentials::Credentials;
 pub use fetch::{FetchSpec, Fetched, fetch};
 pub use push::{PushOutcome, PushSpec, push};
-pub use url::{redact, redact_text};
+pub use url::{has_password, redact, redact_text};
 
 /// A remote: its name in the repository's config and its URL.
 #[derive(Clone, Debug)]

@@ -42,13 +42,14 @@ impl PrepareArgs {
             ));
         }
         let remote = match &self.remote_url {
-            Some(url) => Some((
-                common::remote::Remote {
+            Some(url) => {
+                super::remote::check_url("--remote-url", url)?;
+                let remote = common::remote::Remote {
                     name: self.remote.clone(),
                     url: url.clone(),
-                },
-                self.credentials.to_credentials()?,
-            )),
+                };
+                Some((remote, self.credentials.to_credentials()?))
+            }
             None => None,
         };
         Ok(common::prepare::PrepareConfig {

@@ -82,13 +82,28 @@ impl CredentialArgs {
     }
 }
 
+/// Refuses a URL with a password in it: a URL is stored in the
+/// repository's config (readable by others) and shown in process lists.
+pub fn check_url(flag: &str, url: &str) -> Result<(), String> {
+    if common::remote::has_password(url) {
+        return Err(format!(
+            "{flag} {}: has a password in it; pass --username and --password-file instead",
+            common::remote::redact(url)
+        ));
+    }
+    Ok(())
+}
+
 impl RemoteArgs {
     /// The remote of repository `repo` and the credentials, or a usage
     /// error (an unknown remote, a missing password file).
     pub fn resolve(&self, repo: &std::path::Path) -> Result<(Remote, Credentials), String> {
         let credentials = self.credentials.to_credentials()?;
         let url = match &self.remote_url {
-            Some(url) => url.clone(),
+            Some(url) => {
+                check_url("--remote-url", url)?;
+                url.clone()
+            }
             None => common::remote::configured_url(repo, &self.remote)
                 .map_err(|e| common::error::chain(&e).to_string())?
                 .ok_or_else(|| {

@@ -104,3 +104,118 @@ fn runtime_errors_exit_1_with_one_line() -> Result<()> {
     assert!(stderr(&o).contains("cannot listen on"), "{}", stderr(&o));
     Ok(())
 }
+
+fn bin(name: &str) -> Command {
+    let path = match name {
+        "git-pre" => env!("CARGO_BIN_EXE_git-pre"),
+        "git-post" => env!("CARGO_BIN_EXE_git-post"),
+        _ => env!("CARGO_BIN_EXE_gitcd-pull"),
+    };
+    Command::new(path)
+}
+
+/// The coordination binaries: bad flags exit 64 with the reason; a wrong
+/// password exits 1 with one line that names the remote (redacted) and
+/// shows no secret, in no argument of a child either.
+#[test]
+fn coordination_binaries_errors() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap_or_default().to_owned();
+    let repo = format!("--repo={d}/repo");
+    let cases: &[(&str, Vec<&str>, &str)] = &[
+        (
+            "git-pre",
+            vec![&repo, "--upstream-ref=refs/heads/main"],
+            "--upstream-ref needs --remote-url",
+        ),
+        (
+            "git-pre",
+            vec![&repo, "--remote-url=file:///x", "--upstream-ref=main"],
+            "full ref name",
+        ),
+        (
+            "git-pre",
+            vec![&repo, "--remote-url=file:///x", "--username=u"],
+            "go together",
+        ),
+        ("git-pre", vec![&repo, "--on-missing-branch=maybe"], "maybe"),
+        ("git-post", vec![&repo, "--max-attempts=0"], "max-attempts"),
+        ("gitcd-pull", vec![&repo, "--remote-url=file:///x"], "--merge-ref"),
+        (
+            "gitcd-pull",
+            vec![&repo, "--remote-url=file:///x", "--merge-ref=a"],
+            "full ref name",
+        ),
+        (
+            "gitcd-pull",
+            vec![
+                &repo,
+                "--remote-url=file:///x",
+                "--merge-ref=refs/heads/a",
+                "--conflict=mine",
+            ],
+            "not a conflict policy",
+        ),
+        (
+            "gitcd-pull",
+            vec![
+                &repo,
+                "--remote-url=file:///x",
+                "--merge-ref=refs/heads/a",
+                "--exclude=/a**",
+            ],
+            "whole segment",
+        ),
+        (
+            "gitcd-pull",
+            vec![
+                &repo,
+                "--remote-url=file:///x",
+                "--merge-ref=refs/heads/a",
+                "--ssh-key-file=/no/such",
+            ],
+            "no such file",
+        ),
+    ];
+    for (name, args, needle) in cases {
+        let o = bin(name).args(args).output()?;
+        assert_eq!(o.status.code(), Some(64), "{name} {args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{name} {args:?}: {}", stderr(&o));
+    }
+
+    // A wrong password against a real Git host.
+    let root = dir.path().join("hosted");
+    std::fs::create_dir_all(&root)?;
+    git(&root, &["init", "-q", "--bare", "up.git"])?;
+    let good = dir.path().join("good");
+    std::fs::write(&good, "right-s3cret\n")?;
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "wrong-s3cret\n")?;
+    let host = crate::hosts::git_http(&root, "alice", &good, None)?;
+    let inline = format!("http://alice:inline-pw@127.0.0.1:{}/up.git", host.port);
+    let o = bin("git-pre")
+        .args([&repo, &format!("--remote-url={inline}")])
+        .output()?;
+    assert_eq!(
+        o.status.code(),
+        Some(64),
+        "a password in the URL is refused: {}",
+        stderr(&o)
+    );
+    assert!(
+        !stderr(&o).contains("inline-pw") && stderr(&o).contains("--password-file"),
+        "{}",
+        stderr(&o)
+    );
+    let url = format!("http://127.0.0.1:{}/up.git", host.port);
+    let o = bin("git-pre")
+        .args([&repo, &format!("--remote-url={url}"), "--username=alice"])
+        .arg(format!("--password-file={}", bad.display()))
+        .output()?;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(err.lines().filter(|l| l.starts_with("error:")).count() == 1, "{err}");
+    assert!(!err.contains("wrong-s3cret"), "{err}");
+    Ok(())
+}

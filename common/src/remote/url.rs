@@ -6,6 +6,11 @@ pub fn redact(url: &str) -> String {
     redact_text(url)
 }
 
+/// Whether `url` carries a password in its user info (`https://u:p@h/r`).
+pub fn has_password(url: &str) -> bool {
+    redact(url) != url
+}
+
 /// `text` (a child's stderr, say) with the password of every URL in it
 /// replaced.
 pub fn redact_text(text: &str) -> String {
