@@ -4,7 +4,7 @@ CARGO ?= cargo
 REPO ?= /tmp/trishanku/gitcd
 E2E_CACHE ?= /var/cache/trishanku-e2e
 
-.PHONY: help run build test deps lint fmt e2e e2e-k8s e2e-coordination bench
+.PHONY: help run build test deps lint fmt e2e e2e-k8s e2e-coordination e2e-heavens bench
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ test: deps lint ## Install test dependencies, lint, and run every test
 fmt: ## Format the code
 	$(CARGO) fmt
 
-e2e: e2e-k8s e2e-coordination ## Run every end-to-end scenario
+e2e: e2e-k8s e2e-coordination e2e-heavens ## Run every end-to-end scenario
 
 e2e-k8s: deps ## Build kube-apiserver 1.20 from Debian's source (cached in $(E2E_CACHE)) and run it on gitcd
 	$(CARGO) build --release --bin gitcd
@@ -43,6 +43,11 @@ e2e-coordination: deps ## The circle of coordination with the real binaries: ups
 	$(CARGO) build --release --bin gitcd --bin gitcd-init --bin git-pre --bin git-post --bin gitcd-pull -p trishanku \
 		--bin e2e-coordination -p trishanku-e2e-coordination
 	target/release/e2e-coordination --bin target/release
+
+e2e-heavens: deps ## Two heavens: kube-controller-manager and kube-scheduler, each on its own kube-apiserver and gitcd, through Git
+	$(CARGO) build --release --bin gitcd --bin gitcd-init --bin git-pre --bin git-post --bin gitcd-pull -p trishanku
+	E2E_CACHE=$(E2E_CACHE) e2e/k8s/build.sh
+	E2E_CACHE=$(E2E_CACHE) TARGET=$(CURDIR)/target/release e2e/heavens/run.sh
 
 bench: deps ## Benchmark gitcd against a real etcd in the same run (W1-W6); prints a table (see docs/performance.md)
 	$(CARGO) build --release --bin gitcd -p trishanku --bin gitcd-bench -p trishanku-bench

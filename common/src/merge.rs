@@ -27,6 +27,7 @@
 //! other converge.
 
 pub mod pattern;
+pub mod presets;
 mod structural;
 #[cfg(test)]
 mod tests;

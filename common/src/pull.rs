@@ -341,6 +341,14 @@ impl Puller {
                 Outcome::Changes(set) => set,
             };
             let keys = set.changes.len();
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let names: Vec<String> = set
+                    .changes
+                    .iter()
+                    .map(|c| String::from_utf8_lossy(&c.key).into_owned())
+                    .collect();
+                tracing::debug!(from = %incoming.name, keys = ?names, "merging");
+            }
             match self.store.apply(set).await {
                 Ok(applied) => {
                     self.stats.count("merge", true);

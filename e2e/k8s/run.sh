@@ -11,47 +11,10 @@ BIN=$CACHE/bin
 GITCD=${GITCD:-$ROOT/target/release/gitcd}
 WORK=$(mktemp -d /tmp/trishanku-e2e.XXXXXX)
 export ETCDCTL_API=3
-PIDS=()
-CURRENT=""
-
-log() { printf '\e[1m[e2e %s]\e[0m %s\n' "${CURRENT:-setup}" "$*" >&2; }
-
-on_exit() {
-	local rc=$?
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	if ((rc != 0)); then
-		log "FAILED (exit $rc); logs follow"
-		for f in "$WORK"/*.log; do
-			[[ -f $f ]] || continue
-			echo "===== $f (last 60 lines) ====="
-			tail -n 60 "$f"
-		done
-	else
-		rm -rf "$WORK"
-	fi
-}
+SUITE=k8s
+# shellcheck source=../lib/common.sh
+source "$ROOT/e2e/lib/common.sh"
 trap on_exit EXIT
-
-fail() {
-	log "FAIL: $*"
-	exit 1
-}
-
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# wait_for DESCRIPTION SECONDS COMMAND...: polls every 0.5 s.
-wait_for() {
-	local what=$1 secs=$2
-	shift 2
-	local deadline=$((SECONDS + secs))
-	until "$@" >/dev/null 2>&1; do
-		((SECONDS < deadline)) || fail "timed out after ${secs}s waiting for $what"
-		sleep 0.5
-	done
-}
 
 # start_gitcd NAME PORT: a gitcd on repository $WORK/<scenario>/NAME.git.
 start_gitcd() {
@@ -74,34 +37,6 @@ start_etcd() {
 	wait_for "etcd" 30 etcdctl --endpoints="127.0.0.1:$port" endpoint health
 }
 
-pki() {
-	mkdir -p "$WORK/pki"
-	openssl genrsa -out "$WORK/pki/sa.key" 2048 2>/dev/null
-	openssl rsa -in "$WORK/pki/sa.key" -pubout -out "$WORK/pki/sa.pub" 2>/dev/null
-	TOKEN=$(openssl rand -hex 16)
-	echo "$TOKEN,admin,admin,\"system:masters\"" >"$WORK/pki/tokens.csv"
-}
-
-kubeconfig() {
-	cat >"$WORK/kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster:
-    server: https://127.0.0.1:$KAS_PORT
-    insecure-skip-tls-verify: true
-users:
-- name: admin
-  user:
-    token: $TOKEN
-contexts:
-- name: e2e
-  context: {cluster: e2e, user: admin}
-current-context: e2e
-EOF
-}
-
 kubectl() { "$BIN/kubectl" --kubeconfig="$WORK/kubeconfig" --request-timeout=20s "$@"; }
 
 # start_apiserver ETCD_SERVERS [extra flags...]
@@ -109,7 +44,7 @@ start_apiserver() {
 	local servers=$1
 	shift
 	KAS_PORT=$(free_port)
-	kubeconfig
+	kubeconfig "$WORK/kubeconfig" "$KAS_PORT"
 	"$BIN/kube-apiserver" \
 		--etcd-servers="$servers" --storage-media-type=application/yaml \
 		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$KAS_PORT" --insecure-port=0 \
@@ -341,7 +276,7 @@ main() {
 	[[ -x $BIN/kube-apiserver ]] || fail "run e2e/k8s/build.sh first (make e2e-k8s does)"
 	[[ -x $GITCD ]] || fail "no gitcd binary at $GITCD (cargo build --release)"
 	command -v etcd >/dev/null && command -v etcdctl >/dev/null || fail "etcd and etcdctl are needed (make deps)"
-	pki
+	pki "$WORK/pki"
 	local scenarios=("$@")
 	((${#scenarios[@]})) || scenarios=(one two three four)
 	for s in "${scenarios[@]}"; do "scenario_$s"; done

@@ -14,6 +14,9 @@ pub struct MergeArgs {
     /// Never take keys matching this pattern from the other side (repeatable).
     #[arg(long, env = "GITCD_EXCLUDE", value_delimiter = ',')]
     pub exclude: Vec<String>,
+    /// A named set of excludes (repeatable): kubernetes (see docs/kubernetes.md).
+    #[arg(long, env = "GITCD_EXCLUDE_PRESET", value_delimiter = ',', value_parser = common::merge::presets::NAMES.to_vec())]
+    pub exclude_preset: Vec<String>,
 }
 
 impl MergeArgs {
@@ -24,11 +27,19 @@ impl MergeArgs {
                 .map(|p| KeyPattern::parse(p).map_err(|e| format!("{flag}: {e}")))
                 .collect()
         };
+        let mut exclude = parse(&self.exclude, "--exclude")?;
+        for name in &self.exclude_preset {
+            let patterns =
+                common::merge::presets::preset(name).ok_or_else(|| format!("--exclude-preset {name:?}: unknown"))?;
+            for (p, _) in patterns {
+                exclude.push(KeyPattern::parse(p).map_err(|e| format!("--exclude-preset {name}: {e}"))?);
+            }
+        }
         Ok(Policy {
             conflict: self.conflict,
             filter: KeyFilter {
                 include: parse(&self.include, "--include")?,
-                exclude: parse(&self.exclude, "--exclude")?,
+                exclude,
             },
         })
     }
