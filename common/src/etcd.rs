@@ -56,6 +56,24 @@ impl Identity {
     }
 }
 
+/// The gauges watch streams keep (`etcd_debugging_mvcc_watch_stream_total`,
+/// `etcd_debugging_mvcc_watcher_total`).
+#[derive(Clone, Debug)]
+pub struct WatchGauges {
+    pub streams: prometheus::IntGauge,
+    pub watchers: prometheus::IntGauge,
+}
+
+impl Default for WatchGauges {
+    fn default() -> Self {
+        let gauge = |name: &str| prometheus::IntGauge::new(name, name).expect("a valid metric name");
+        Self {
+            streams: gauge("watch_streams"),
+            watchers: gauge("watchers"),
+        }
+    }
+}
+
 /// What every service holds.
 #[derive(Clone)]
 pub struct Context {
@@ -63,6 +81,7 @@ pub struct Context {
     pub identity: Arc<Identity>,
     /// Turns true when the server shuts down: long-lived streams end.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    pub watch_gauges: WatchGauges,
 }
 
 impl Context {

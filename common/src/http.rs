@@ -1,81 +1,223 @@
-//! The admin HTTP endpoints a Kubernetes probe or a Prometheus scrape
-//! reads: `/livez` (the process serves), `/readyz` (a readiness latch: true
-//! only when the component can do its job), `/metrics` (Prometheus text,
-//! with the `process_*` family). HTTP/1.1 and HTTP/2 on one listener.
+//! HTTP: the endpoints probes and scrapes read (`/livez`, `/readyz`,
+//! `/metrics`, and gitcd's `/health` and `/version`), and the connection
+//! loop every listener uses: optional TLS, then HTTP/1.1 or HTTP/2 (the
+//! first bytes decide), TCP_NODELAY, and a graceful shutdown that stops
+//! accepting, lets open requests finish, and tells HTTP/2 clients to go
+//! (GOAWAY).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use tokio::net::TcpListener;
 
-/// What the endpoints answer from.
+/// A response to one of the fixed endpoints.
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn text(status: StatusCode, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
+    pub fn json(status: StatusCode, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        Response::builder()
+            .status(self.status)
+            .header("content-type", self.content_type)
+            .body(Full::new(Bytes::from(self.body)))
+            .expect("a response of a status, one header and a body is valid")
+    }
+}
+
+type Handler = Arc<dyn Fn() -> Answer + Send + Sync>;
+
+/// The fixed endpoints of a component: `/livez` always, `/readyz` from a
+/// readiness latch, `/metrics` from a registry (refreshed just before each
+/// scrape), and whatever else it adds.
 #[derive(Clone)]
 pub struct Admin {
-    /// Whether the component is ready (checked at each `/readyz`).
-    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
     pub registry: prometheus::Registry,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+    extra: Vec<(&'static str, Handler)>,
 }
 
 impl Admin {
-    /// An admin surface with the process metrics registered.
+    /// Endpoints with the process metrics registered; ready when `ready` says.
     pub fn new(ready: Arc<dyn Fn() -> bool + Send + Sync>) -> Self {
         let registry = prometheus::Registry::new();
         #[cfg(target_os = "linux")]
         {
             let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         }
-        Self { ready, registry }
+        Self {
+            registry,
+            ready,
+            refresh: Arc::new(|| {}),
+            extra: Vec::new(),
+        }
     }
 
-    /// Answers one request.
-    pub fn answer(&self, path: &str) -> Response<Full<Bytes>> {
-        let text = |status: StatusCode, body: String| {
-            Response::builder()
-                .status(status)
-                .header("content-type", "text/plain; charset=utf-8")
-                .body(Full::new(Bytes::from(body)))
-                .expect("a static response is valid")
-        };
+    /// Calls `refresh` before each scrape (to set gauges read from state).
+    pub fn on_scrape(mut self, refresh: Arc<dyn Fn() + Send + Sync>) -> Self {
+        self.refresh = refresh;
+        self
+    }
+
+    /// Adds an endpoint at `path`.
+    pub fn route(mut self, path: &'static str, handler: Handler) -> Self {
+        self.extra.push((path, handler));
+        self
+    }
+
+    /// Whether `path` is one of these endpoints.
+    pub fn serves(&self, path: &str) -> bool {
+        matches!(path, "/livez" | "/readyz" | "/metrics") || self.extra.iter().any(|(p, _)| *p == path)
+    }
+
+    /// Answers a request for `path`.
+    pub fn answer(&self, path: &str) -> Answer {
+        if let Some((_, h)) = self.extra.iter().find(|(p, _)| *p == path) {
+            return h();
+        }
         match path {
-            "/livez" => text(StatusCode::OK, "ok\n".into()),
+            "/livez" => Answer::text(StatusCode::OK, "ok\n"),
             "/readyz" => {
                 if (self.ready)() {
-                    text(StatusCode::OK, "ok\n".into())
+                    Answer::text(StatusCode::OK, "ok\n")
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+                    Answer::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 }
             }
             "/metrics" => {
+                (self.refresh)();
                 let mut out = String::new();
                 match prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
-                    Ok(()) => Response::builder()
-                        .header("content-type", prometheus::TEXT_FORMAT)
-                        .body(Full::new(Bytes::from(out)))
-                        .expect("a static response is valid"),
-                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                    Ok(()) => Answer {
+                        status: StatusCode::OK,
+                        content_type: prometheus::TEXT_FORMAT,
+                        body: out,
+                    },
+                    Err(e) => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
                 }
             }
-            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+            _ => Answer::text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
 }
 
-/// Parses `--listen-metrics-urls`: comma-separated `http://IP:PORT`.
-pub fn parse_urls(urls: &str) -> Result<Vec<SocketAddr>, String> {
+/// A listen URL: `http://IP:PORT` or `https://IP:PORT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenUrl {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+/// Parses comma-separated `http(s)://IP:PORT` URLs (an IP address, as etcd
+/// requires for listening).
+pub fn parse_urls(urls: &str) -> Result<Vec<ListenUrl>, String> {
     urls.split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .map(|url| {
-            url.strip_prefix("http://")
-                .map(|r| r.trim_end_matches('/'))
-                .and_then(|r| r.parse().ok())
-                .ok_or_else(|| format!("{url:?}: expected http://IP:PORT, for example http://127.0.0.1:2381"))
+            let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+                (true, r)
+            } else if let Some(r) = url.strip_prefix("http://") {
+                (false, r)
+            } else {
+                return Err(format!(
+                    "{url:?}: only http:// and https:// are supported (not unix sockets)"
+                ));
+            };
+            rest.trim_end_matches('/')
+                .parse()
+                .map(|addr| ListenUrl { addr, tls })
+                .map_err(|_| format!("{url:?}: expected http(s)://IP:PORT, for example http://127.0.0.1:2379"))
         })
         .collect()
+}
+
+/// HTTP/2 settings of etcd's server (keepalive as its embed defaults).
+fn builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(7200)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(u32::MAX);
+    b
+}
+
+/// Serves `service` on `listener` (through `tls` when given) until `stop`
+/// turns true; then stops accepting and waits, at most `grace`, for open
+/// connections to finish their requests.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: S,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) where
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = Arc::new(builder());
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stopped(&mut stop) => break,
+        };
+        let Ok((stream, peer)) = accepted else { continue };
+        let _ = stream.set_nodelay(true);
+        let (service, builder, tls) = (service.clone(), builder.clone(), tls.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            match tls {
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                },
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?grace, "connections still open after the grace period: closing them");
+    }
 }
 
 /// Completes when `stop` turns true (or its sender goes).
@@ -83,25 +225,17 @@ pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Serves `admin` on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, admin: Admin, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Serves only `admin`'s endpoints (a `--listen-metrics-urls` listener).
+pub async fn serve_admin(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    admin: Admin,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let admin = Arc::new(admin);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = stopped(&mut stop) => return,
-        };
-        let Ok((stream, _)) = accepted else { continue };
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.answer(req.uri().path())) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let _ = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { Ok::<_, Infallible>(admin.answer(req.uri().path()).into_response()) }
+    });
+    serve(listener, tls, service, stop, Duration::from_secs(5)).await;
 }

@@ -479,17 +479,15 @@ pub async fn run_daemon(
     });
     // Ready while the last pass that merged and pushed is recent.
     let fresh_for = (config.pull.interval * 3).max(Duration::from_secs(10)) + config.pull.timeout;
-    let registry_holder = crate::http::Admin::new(Arc::new(|| false));
-    let stats = Arc::new(Stats::with_metrics(&registry_holder.registry)?);
-    let admin = crate::http::Admin {
-        ready: {
-            let stats = stats.clone();
-            Arc::new(move || stats.fresh(fresh_for))
-        },
-        registry: registry_holder.registry,
+    let stats_cell: Arc<std::sync::OnceLock<Arc<Stats>>> = Arc::default();
+    let admin = {
+        let cell = stats_cell.clone();
+        crate::http::Admin::new(Arc::new(move || cell.get().is_some_and(|s| s.fresh(fresh_for))))
     };
+    let stats = Arc::new(Stats::with_metrics(&admin.registry)?);
+    let _ = stats_cell.set(stats.clone());
     for l in listeners {
-        tokio::spawn(crate::http::serve(l, admin.clone(), stop.clone()));
+        tokio::spawn(crate::http::serve_admin(l, None, admin.clone(), stop.clone()));
     }
     tracing::info!(
         data_ref = %config.store.data_ref,

@@ -1,49 +1,59 @@
 //! `gitcd serve`, the composition root: binds the listeners, opens the
-//! store, starts the gRPC servers (one per listener), and on shutdown stops
-//! accepting, gives open requests a grace period, and closes the store
-//! (which finishes the writes queued and joins the writer thread).
+//! store, serves the etcd v3 gRPC API and the HTTP endpoints (`/health`,
+//! `/livez`, `/readyz`, `/version`, `/metrics`) on the client URLs (HTTP/2
+//! and HTTP/1.1, plain or TLS), the HTTP endpoints on `--listen-metrics-urls`,
+//! and the pull loop when asked for. On shutdown (SIGTERM) it drains: stops
+//! accepting, reports not ready, ends watch streams, lets open requests
+//! finish within a grace period, then closes the store (the writes queued
+//! are applied or fail, none half-applied) and exits.
 
+mod endpoints;
+mod metrics;
+
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::etcd::{self, Context, Identity};
+use crate::http::ListenUrl;
 use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::store::{StorageError, Store, StoreConfig};
-
-/// Accepted connections, with Nagle's algorithm off: a response written in
-/// two parts must not wait for the client's delayed ACK (40 ms).
-fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
+use crate::tls::{TlsConfig, TlsError};
 
 /// How long open requests may take to finish after a shutdown signal.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything `gitcd serve` needs.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub store: StoreConfig,
-    /// Addresses to listen on (from `--listen-urls`).
-    pub listen: Vec<SocketAddr>,
+    /// Client URLs (`--listen-urls`): gRPC and the HTTP endpoints.
+    pub listen: Vec<ListenUrl>,
+    /// `--listen-metrics-urls`: the HTTP endpoints only.
+    pub listen_metrics: Vec<ListenUrl>,
+    /// Certificates for `https://` listeners.
+    pub tls: Option<TlsConfig>,
     /// URLs clients are told to use (MemberList).
     pub advertise_client_urls: Vec<String>,
     pub name: String,
     pub max_request_bytes: usize,
     /// How often watchers that asked for progress notifications get one.
-    pub watch_progress_interval: std::time::Duration,
+    pub watch_progress_interval: Duration,
     /// Merging an upstream branch in and pushing, when asked for.
     pub pull: Option<crate::pull::PullConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -51,60 +61,60 @@ pub enum ServeError {
     },
     #[error("cannot open the store")]
     Store(#[from] StorageError),
-    #[error("gRPC server on {addr} failed: {source}")]
-    Transport {
-        addr: SocketAddr,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error("TLS")]
+    Tls(#[from] TlsError),
+    #[error("registering metrics")]
+    Metrics(#[from] prometheus::Error),
     #[error("{0} panicked")]
     Panicked(&'static str),
 }
 
-/// Parses `--listen-urls`: comma-separated `http://host:port` URLs with an
-/// IP address host (as etcd requires for listening).
-pub fn parse_listen_urls(urls: &str) -> Result<Vec<SocketAddr>, String> {
-    let mut out = Vec::new();
-    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("listen URL {url:?}: only http:// is supported (TLS and unix sockets are not yet)")
-        })?;
-        let hostport = rest.trim_end_matches('/');
-        let addr = hostport
-            .parse::<SocketAddr>()
-            .map_err(|_| format!("listen URL {url:?}: expected http://IP:PORT, for example http://127.0.0.1:2379"))?;
-        out.push(addr);
+/// Checks URLs against the TLS settings: an `https://` listener needs a
+/// certificate pair.
+pub fn check_tls(urls: &[ListenUrl], tls: Option<&TlsConfig>) -> Result<(), String> {
+    if urls.iter().any(|u| u.tls) && tls.is_none() {
+        return Err("an https:// listen URL needs --cert-file and --key-file".into());
     }
-    if out.is_empty() {
-        return Err("no listen URL given".into());
-    }
-    Ok(out)
+    Ok(())
+}
+
+/// The listeners of a config, bound (tests bind `127.0.0.1:0` themselves).
+pub struct Listeners {
+    pub client: Vec<(TcpListener, bool)>,
+    pub metrics: Vec<(TcpListener, bool)>,
 }
 
 /// Binds every listen address; fails on the first that cannot be bound.
-pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServeError> {
-    let mut listeners = Vec::new();
-    for addr in addrs {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr: *addr, source })?;
-        listeners.push(l);
+pub async fn bind(config: &ServeConfig) -> Result<Listeners, ServeError> {
+    async fn all(urls: &[ListenUrl]) -> Result<Vec<(TcpListener, bool)>, ServeError> {
+        let mut out = Vec::new();
+        for u in urls {
+            let l = TcpListener::bind(u.addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr: u.addr, source })?;
+            out.push((l, u.tls));
+        }
+        Ok(out)
     }
-    Ok(listeners)
+    Ok(Listeners {
+        client: all(&config.listen).await?,
+        metrics: all(&config.listen_metrics).await?,
+    })
 }
 
 /// Binds, opens the store, serves until `shutdown` completes.
 pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-    let listeners = bind(&config.listen).await?;
+    let listeners = bind(&config).await?;
     serve(config, listeners, shutdown).await
 }
 
-/// Serves on already-bound listeners (tests bind `127.0.0.1:0`).
+/// Serves on already-bound listeners.
 pub async fn serve(
     config: ServeConfig,
-    listeners: Vec<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let store = open_store(config.store.clone()).await?;
     let identity = Arc::new(Identity::new(
         &config.name,
@@ -113,32 +123,53 @@ pub async fn serve(
         config.max_request_bytes,
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    let draining = Arc::new(AtomicBool::new(false));
+    {
+        let draining = draining.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            draining.store(true, Ordering::Release);
+            tracing::info!(grace = ?SHUTDOWN_GRACE, "draining: no new connections, watch streams end, open requests finish");
+            let _ = stop_tx.send(true);
+        });
+    }
+    let registry = prometheus::Registry::new();
+    let server_metrics = metrics::Server::new(&registry)?;
+    store.register_metrics(&registry)?;
+    let pull_stats = Arc::new(match &config.pull {
+        Some(_) => crate::pull::Stats::with_metrics(&registry)?,
+        None => crate::pull::Stats::default(),
     });
     let ctx = Context {
         store: store.clone(),
         identity,
         stopping: stop_rx.clone(),
+        watch_gauges: server_metrics.watch_gauges(),
     };
+    let admin = endpoints::admin(&store, registry, server_metrics.clone(), draining.clone());
+    let grpc = metrics::Instrumented::new(routes(&ctx, &config), server_metrics);
     let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
-        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })?;
-        tracing::info!(%addr, "serving etcd v3 gRPC");
-        let router = routes(&ctx, &config);
-        let mut stop = stop_rx.clone();
-        servers.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming(listener), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|source| ServeError::Transport { addr, source })
-        });
+    for (listener, https) in listeners.client {
+        let addr = local(&listener)?;
+        tracing::info!(%addr, tls = https, "serving etcd v3 gRPC and /health, /livez, /readyz, /version, /metrics");
+        let service = ClientService {
+            grpc: grpc.clone(),
+            admin: Arc::new(admin.clone()),
+        };
+        let tls = if https { tls.clone() } else { None };
+        servers.spawn(crate::http::serve(
+            listener,
+            tls,
+            service,
+            stop_rx.clone(),
+            SHUTDOWN_GRACE,
+        ));
+    }
+    for (listener, https) in listeners.metrics {
+        let addr = local(&listener)?;
+        tracing::info!(%addr, tls = https, "serving /health, /livez, /readyz, /version, /metrics");
+        let tls = if https { tls.clone() } else { None };
+        servers.spawn(crate::http::serve_admin(listener, tls, admin.clone(), stop_rx.clone()));
     }
     let puller = config.pull.clone().map(|pull| {
         tracing::info!(
@@ -148,9 +179,11 @@ pub async fn serve(
             interval = ?pull.interval,
             "pulling from upstream"
         );
-        tokio::spawn(crate::pull::run(store.clone(), pull, Arc::default(), stop_rx.clone()))
+        tokio::spawn(crate::pull::run(store.clone(), pull, pull_stats, stop_rx.clone()))
     });
-    let served = drain(servers, stop_rx).await;
+    while let Some(done) = servers.join_next().await {
+        done.map_err(|_| ServeError::Panicked("a listener"))?;
+    }
     if let Some(puller) = puller {
         match puller.await {
             Ok(Ok(())) => {}
@@ -163,7 +196,14 @@ pub async fn serve(
         .await
         .map_err(|_| ServeError::Panicked("closing the store"))?;
     tracing::info!("stopped");
-    served
+    Ok(())
+}
+
+fn local(l: &TcpListener) -> Result<SocketAddr, ServeError> {
+    l.local_addr().map_err(|source| ServeError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
 }
 
 /// Opens the store on a blocking thread and logs what it holds.
@@ -174,6 +214,7 @@ async fn open_store(config: StoreConfig) -> Result<Store, ServeError> {
     let snap = store.snapshot();
     tracing::info!(
         git_dir = %store.git_dir().display(),
+        data_ref = %store.data_ref(),
         revision = snap.revision,
         keys = snap.kvs.len(),
         "store ready"
@@ -181,33 +222,34 @@ async fn open_store(config: StoreConfig) -> Result<Store, ServeError> {
     Ok(store)
 }
 
-/// Waits for the servers to end: on their own (an error), or after
-/// shutdown, within the grace period.
-async fn drain(
-    mut servers: tokio::task::JoinSet<Result<(), ServeError>>,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), ServeError> {
-    let grace = async move {
-        let _ = stopping.wait_for(|s| *s).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::pin!(grace);
-    loop {
-        tokio::select! {
-            done = servers.join_next() => match done {
-                Some(done) => done.map_err(|_| ServeError::Panicked("a gRPC server"))??,
-                None => return Ok(()),
-            },
-            () = &mut grace => {
-                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period: closing them");
-                servers.abort_all();
-                return Ok(());
-            }
+/// A client URL's service: gRPC requests to the etcd services, the rest to
+/// the HTTP endpoints (HTTP/1.1 too, as etcd serves them).
+#[derive(Clone)]
+struct ClientService {
+    grpc: metrics::Instrumented,
+    admin: Arc<crate::http::Admin>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ClientService {
+    type Response = hyper::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let grpc = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc || !self.admin.serves(req.uri().path()) {
+            let grpc = self.grpc.clone();
+            return Box::pin(async move { Ok(grpc.call(req).await) });
         }
+        let answer = self.admin.answer(req.uri().path()).into_response();
+        Box::pin(async move { Ok(answer.map(tonic::body::Body::new)) })
     }
 }
 
-fn routes(ctx: &Context, config: &ServeConfig) -> tonic::transport::server::Router {
+fn routes(ctx: &Context, config: &ServeConfig) -> tonic::service::Routes {
     let limit = config.max_request_bytes + etcd::GRPC_OVERHEAD_BYTES;
     macro_rules! svc {
         ($server:ident, $inner:expr) => {
@@ -216,10 +258,7 @@ fn routes(ctx: &Context, config: &ServeConfig) -> tonic::transport::server::Rout
                 .max_encoding_message_size(usize::MAX)
         };
     }
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(7200)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        .add_service(svc!(KvServer, etcd::kv::KvService(ctx.clone())))
+    tonic::service::Routes::new(svc!(KvServer, etcd::kv::KvService(ctx.clone())))
         .add_service(svc!(
             WatchServer,
             etcd::watch::WatchService {
@@ -234,4 +273,5 @@ fn routes(ctx: &Context, config: &ServeConfig) -> tonic::transport::server::Rout
             etcd::maintenance::MaintenanceService(ctx.clone())
         ))
         .add_service(svc!(AuthServer, etcd::unimplemented::AuthService))
+        .prepare()
 }

@@ -237,6 +237,52 @@ pub struct Applied {
     pub revision: Option<i64>,
 }
 
+/// The store's metrics: etcd's commit durations, and gitcd's own.
+#[derive(Clone, Debug)]
+pub struct StoreMetrics {
+    /// `etcd_disk_backend_commit_duration_seconds`: making a group durable
+    /// (its pack, the refs, their fsyncs).
+    pub commit_duration: prometheus::Histogram,
+    /// `gitcd_commits_total`: commit pairs written.
+    pub commits: prometheus::IntCounter,
+    /// `gitcd_revisions_per_commit`.
+    pub revisions_per_commit: prometheus::Histogram,
+    pub maintenance: crate::repo::maintenance::Counters,
+}
+
+impl StoreMetrics {
+    fn new(maintenance: crate::repo::maintenance::Counters) -> Self {
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid histogram options")
+        };
+        Self {
+            commit_duration: histogram(
+                "etcd_disk_backend_commit_duration_seconds",
+                "The latency distributions of commit called by backend (gitcd: a group's pack, refs and fsyncs).",
+                prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets"),
+            ),
+            commits: prometheus::IntCounter::new("gitcd_commits_total", "Commit pairs (data and metadata) written.")
+                .expect("a valid metric name"),
+            revisions_per_commit: histogram(
+                "gitcd_revisions_per_commit",
+                "Revisions each commit pair holds (more than one when writes queue up).",
+                prometheus::exponential_buckets(1.0, 2.0, 13).expect("valid buckets"),
+            ),
+            maintenance,
+        }
+    }
+
+    fn register(&self, registry: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.commit_duration.clone()))?;
+        registry.register(Box::new(self.commits.clone()))?;
+        registry.register(Box::new(self.revisions_per_commit.clone()))?;
+        registry.register(Box::new(self.maintenance.folds.clone()))?;
+        registry.register(Box::new(self.maintenance.consolidations.clone()))?;
+        Ok(())
+    }
+}
+
 /// What readers share with the writer thread.
 struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
@@ -250,6 +296,9 @@ struct Shared {
     repo: Repo,
     maintains_packs: bool,
     config: StoreConfig,
+    metrics: StoreMetrics,
+    /// Why the last group failed, until one succeeds.
+    failure: std::sync::Mutex<Option<String>>,
     /// Object store size at start; the writer adds what it writes.
     db_size_base: i64,
     db_size: std::sync::atomic::AtomicI64,
@@ -298,6 +347,8 @@ impl Store {
             repo,
             maintains_packs: loaded.maintains_packs(),
             config: config.clone(),
+            metrics: loaded.metrics().clone(),
+            failure: std::sync::Mutex::new(None),
             db_size_base: db_size - loaded.bytes_written(),
             db_size: std::sync::atomic::AtomicI64::new(db_size),
         });
@@ -347,6 +398,29 @@ impl Store {
     /// count (no directory walk per call).
     pub fn db_size(&self) -> i64 {
         self.shared.db_size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Registers the store's metrics in `registry`.
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        self.shared.metrics.register(registry)
+    }
+
+    /// Whether the store can write: `Err` with why when its last group
+    /// failed (until one succeeds) or when it is closed.
+    pub fn health(&self) -> Result<(), String> {
+        let closed = self
+            .thread
+            .lock()
+            .expect("writer handle lock is never poisoned")
+            .as_ref()
+            .is_none_or(|t| t.is_finished());
+        if closed {
+            return Err("the store is closed".into());
+        }
+        match &*self.shared.failure.lock().expect("failure lock is never poisoned") {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
     }
 
     /// Whether this store maintains its repository's packs (it holds the

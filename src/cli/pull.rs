@@ -48,6 +48,10 @@ impl PullArgs {
         merge_refs.extend(self.merge_refs.iter().filter(|r| **r != store.data_ref).cloned());
         let listen_metrics =
             common::http::parse_urls(&self.listen_metrics_urls).map_err(|e| format!("--listen-metrics-urls: {e}"))?;
+        if listen_metrics.iter().any(|u| u.tls) {
+            return Err("--listen-metrics-urls: gitcd-pull serves http:// only".into());
+        }
+        let listen_metrics = listen_metrics.into_iter().map(|u| u.addr).collect();
         Ok(common::pull::DaemonConfig {
             store,
             pull: common::pull::PullConfig {

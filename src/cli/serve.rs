@@ -11,9 +11,24 @@ use super::store::StoreArgs;
 pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Comma-separated URLs to serve on; 0.0.0.0 must be asked for.
+    /// Comma-separated http(s)://IP:PORT URLs to serve gRPC and the HTTP endpoints on; 0.0.0.0 must be asked for.
     #[arg(long, env = "GITCD_LISTEN_URLS", default_value = "http://127.0.0.1:2379")]
     pub listen_urls: String,
+    /// Comma-separated http(s)://IP:PORT URLs to serve only /health, /livez, /readyz, /version and /metrics on.
+    #[arg(long, env = "GITCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+    /// The server's certificate (PEM) for https:// URLs; re-read when it changes.
+    #[arg(long, env = "GITCD_CERT_FILE")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The server's private key (PEM) for https:// URLs; re-read when it changes.
+    #[arg(long, env = "GITCD_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) that sign client certificates.
+    #[arg(long, env = "GITCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<std::path::PathBuf>,
+    /// Require client certificates signed by --trusted-ca-file on https:// URLs.
+    #[arg(long, env = "GITCD_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
     /// Comma-separated URLs clients should use (MemberList) [default: the listen URLs].
     #[arg(long, env = "GITCD_ADVERTISE_CLIENT_URLS")]
     pub advertise_client_urls: Option<String>,
@@ -74,11 +89,33 @@ impl ServeArgs {
     pub fn to_config(&self) -> Result<common::server::ServeConfig, String> {
         let store = self.store.to_config()?;
         let store_repo = store.repo.clone();
-        let listen = common::server::parse_listen_urls(&self.listen_urls).map_err(|e| format!("--listen-urls: {e}"))?;
+        let listen = common::http::parse_urls(&self.listen_urls).map_err(|e| format!("--listen-urls: {e}"))?;
+        if listen.is_empty() {
+            return Err("--listen-urls: no URL given".into());
+        }
+        let listen_metrics =
+            common::http::parse_urls(&self.listen_metrics_urls).map_err(|e| format!("--listen-metrics-urls: {e}"))?;
+        let tls = match (&self.cert_file, &self.key_file) {
+            (Some(cert_file), Some(key_file)) => Some(common::tls::TlsConfig {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                trusted_ca_file: self.trusted_ca_file.clone(),
+                client_cert_auth: self.client_cert_auth,
+            }),
+            (None, None) => None,
+            _ => return Err("--cert-file and --key-file go together".into()),
+        };
+        if self.client_cert_auth && self.trusted_ca_file.is_none() {
+            return Err("--client-cert-auth needs --trusted-ca-file".into());
+        }
+        common::server::check_tls(&listen, tls.as_ref())?;
+        common::server::check_tls(&listen_metrics, tls.as_ref())?;
         let advertise = self.advertise_client_urls.as_deref().unwrap_or(&self.listen_urls);
         Ok(common::server::ServeConfig {
             store,
             listen,
+            listen_metrics,
+            tls,
             advertise_client_urls: advertise
                 .split(',')
                 .map(|s| s.trim().to_owned())

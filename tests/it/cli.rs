@@ -29,10 +29,19 @@ fn version_prints_gitcd_and_etcd_versions() -> Result<()> {
 fn usage_errors_exit_64() -> Result<()> {
     let cases: &[(&[&str], &str)] = &[
         (&["serve", "--no-such-flag"], "--no-such-flag"),
-        (&["serve", "--listen-urls", "https://127.0.0.1:2379"], "only http://"),
+        (
+            &["serve", "--listen-urls", "https://127.0.0.1:2379"],
+            "needs --cert-file",
+        ),
+        (
+            &["serve", "--listen-urls", "unix:///run/x"],
+            "only http:// and https://",
+        ),
+        (&["serve", "--cert-file", "/x"], "go together"),
+        (&["serve", "--client-cert-auth"], "needs --trusted-ca-file"),
         (
             &["serve", "--listen-urls", "http://localhost:2379"],
-            "expected http://IP:PORT",
+            "expected http(s)://IP:PORT",
         ),
         (&["serve", "--data-ref", "main"], "must be a full ref name"),
         (&["serve", "--start-revision", "0"], "start-revision"),

@@ -95,7 +95,9 @@ impl Gitcd {
         let addr = listener.local_addr()?;
         let config = ServeConfig {
             store: store.clone(),
-            listen: vec![addr],
+            listen: vec![common::http::ListenUrl { addr, tls: false }],
+            listen_metrics: Vec::new(),
+            tls: None,
             advertise_client_urls: vec![format!("http://{addr}")],
             name: "test".into(),
             max_request_bytes: common::etcd::DEFAULT_MAX_REQUEST_BYTES,
@@ -103,7 +105,11 @@ impl Gitcd {
             pull,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(common::server::serve(config, vec![listener], async move {
+        let listeners = common::server::Listeners {
+            client: vec![(listener, false)],
+            metrics: Vec::new(),
+        };
+        let task = tokio::spawn(common::server::serve(config, listeners, async move {
             let _ = rx.await;
         }));
         Client::ready(addr).await?;

@@ -60,12 +60,14 @@ pub fn watch_stream(
     progress_interval: Duration,
 ) -> ReceiverStream<Result<WatchResponse, Status>> {
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    ctx.watch_gauges.streams.inc();
     let stream = WatchStream {
         ctx,
         watchers: BTreeMap::new(),
         next_id: 0,
         progress_pending: false,
         tx,
+        counted: 0,
     };
     tokio::spawn(stream.run(inbound, progress_interval));
     ReceiverStream::new(rx)
@@ -91,6 +93,24 @@ struct WatchStream {
     /// A WatchProgressRequest waits until every watcher is synced.
     progress_pending: bool,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    /// Watchers counted in the watcher gauge.
+    counted: i64,
+}
+
+impl WatchStream {
+    /// Brings the watcher gauge to this stream's count.
+    fn count_watchers(&mut self) {
+        let now = self.watchers.len() as i64;
+        self.ctx.watch_gauges.watchers.add(now - self.counted);
+        self.counted = now;
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.ctx.watch_gauges.watchers.sub(self.counted);
+        self.ctx.watch_gauges.streams.dec();
+    }
 }
 
 /// The client went away: the stream ends.
@@ -108,6 +128,7 @@ impl WatchStream {
             if self.deliver().await.is_err() {
                 return;
             }
+            self.count_watchers();
             tokio::select! {
                 msg = inbound.next() => match msg {
                     Some(Ok(req)) => {
@@ -424,6 +445,7 @@ mod tests {
                 store: store.clone(),
                 identity: Arc::new(super::super::Identity::new("t", "refs/heads/main", Vec::new(), 1 << 20)),
                 stopping,
+                watch_gauges: Default::default(),
             };
             let (requests, inbound) = mpsc::channel(16);
             let responses = watch_stream(ctx, ReceiverStream::new(inbound), Duration::from_secs(3600));

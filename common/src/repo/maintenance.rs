@@ -64,11 +64,32 @@ const IDLE_LOOK: Duration = Duration::from_secs(30);
 /// A `gc.pid` older than this is left by a `git gc` that died (git's rule).
 const GC_PID_STALE: Duration = Duration::from_secs(12 * 3600);
 
+/// What maintenance did: folds and consolidations made.
+#[derive(Clone, Debug)]
+pub struct Counters {
+    pub folds: prometheus::IntCounter,
+    pub consolidations: prometheus::IntCounter,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let counter = |name: &str, help: &str| prometheus::IntCounter::new(name, help).expect("a valid metric name");
+        Self {
+            folds: counter(
+                "gitcd_pack_folds_total",
+                "Group packs folded into one, with tree deltas.",
+            ),
+            consolidations: counter("gitcd_pack_consolidations_total", "Geometric consolidations of packs."),
+        }
+    }
+}
+
 /// The packs this process writes, and (if it owns maintenance) the thread
 /// that folds and consolidates them.
 pub struct Packs {
     pack_dir: PathBuf,
     bytes_written: AtomicU64,
+    counters: Counters,
     /// Group packs written and not folded yet: consolidations leave them alone.
     unfolded: Arc<Mutex<HashSet<PathBuf>>>,
     /// Bytes sent to the folder and not yet taken.
@@ -95,12 +116,14 @@ impl Packs {
                 }
             },
         };
+        let counters = Counters::default();
         let folder = lock.and_then(|lock| {
             let (to_folder, written) = std::sync::mpsc::channel();
             let (pack_dir, unfolded, queued) = (pack_dir.clone(), unfolded.clone(), queued.clone());
+            let counters = counters.clone();
             let spawned = std::thread::Builder::new()
                 .name("gitcd-fold".into())
-                .spawn(move || Folder::new(pack_dir, unfolded, lock).run(written, &queued));
+                .spawn(move || Folder::new(pack_dir, unfolded, lock, counters).run(written, &queued));
             match spawned {
                 Ok(thread) => Some((to_folder, thread)),
                 Err(e) => {
@@ -112,6 +135,7 @@ impl Packs {
         Self {
             pack_dir,
             bytes_written: AtomicU64::new(0),
+            counters,
             unfolded,
             queued,
             folder,
@@ -121,6 +145,11 @@ impl Packs {
     /// Total bytes of pack data written by [`Packs::write`].
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// What maintenance did.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Whether this process maintains the repository's packs.
@@ -171,16 +200,18 @@ struct Folder {
     waiting: Vec<Written>,
     /// The consolidation running, if any: packs it takes are not picked again.
     consolidation: Option<std::thread::JoinHandle<()>>,
+    counters: Counters,
     _lock: OwnerLock,
 }
 
 impl Folder {
-    fn new(pack_dir: PathBuf, unfolded: Arc<Mutex<HashSet<PathBuf>>>, lock: OwnerLock) -> Self {
+    fn new(pack_dir: PathBuf, unfolded: Arc<Mutex<HashSet<PathBuf>>>, lock: OwnerLock, counters: Counters) -> Self {
         Self {
             pack_dir,
             unfolded,
             waiting: Vec::new(),
             consolidation: None,
+            counters,
             _lock: lock,
         }
     }
@@ -224,6 +255,7 @@ impl Folder {
             remove_pack(&pack);
             unfolded.remove(&pack);
         }
+        self.counters.folds.inc();
     }
 
     /// Starts consolidating packs on another thread, unless one is running
@@ -249,11 +281,15 @@ impl Folder {
             }
         };
         let pack_dir = self.pack_dir.clone();
+        let done = self.counters.consolidations.clone();
         let spawned = std::thread::Builder::new()
             .name("gitcd-consolidate".into())
             .spawn(move || {
-                if let Err(e) = consolidate(&pack_dir, &picked) {
-                    tracing::warn!(error = %crate::error::chain(&e), packs = picked.len(), "cannot consolidate packs; they stay as they are");
+                match consolidate(&pack_dir, &picked) {
+                    Ok(()) => done.inc(),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::error::chain(&e), packs = picked.len(), "cannot consolidate packs; they stay as they are");
+                    }
                 }
             });
         match spawned {

@@ -95,6 +95,11 @@ impl ObjectWriter {
         self.packs.bytes_written()
     }
 
+    /// What pack maintenance did.
+    pub fn maintenance_counters(&self) -> &super::maintenance::Counters {
+        self.packs.counters()
+    }
+
     /// Whether this writer maintains the repository's packs.
     pub fn maintains(&self) -> bool {
         self.packs.maintains()

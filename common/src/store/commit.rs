@@ -48,6 +48,8 @@ impl Writer {
             return Ok(());
         };
         let (first, last) = (first.revision, last.revision);
+        self.metrics.commits.inc();
+        self.metrics.revisions_per_commit.observe((last - first + 1) as f64);
         let external = matches!(data, DataCommit::Existing(_));
         // Each key's state after the last revision.
         let mut finals: BTreeMap<&Bytes, Option<&Kv>> = BTreeMap::new();

@@ -94,6 +94,7 @@ pub struct Writer {
     /// Set by the ref watcher; cleared when the data ref is read.
     refs_changed: Arc<AtomicBool>,
     watcher: Option<RefWatcher>,
+    pub(super) metrics: super::StoreMetrics,
     /// One writer per branch pair.
     pub(super) _lock: OwnerLock,
 }
@@ -113,6 +114,10 @@ impl Writer {
         i64::try_from(self.objects.bytes_written()).unwrap_or(i64::MAX)
     }
 
+    pub fn metrics(&self) -> &super::StoreMetrics {
+        &self.metrics
+    }
+
     pub fn maintains_packs(&self) -> bool {
         self.objects.maintains()
     }
@@ -128,7 +133,9 @@ impl Writer {
         working: Snapshot,
         lock: OwnerLock,
     ) -> Self {
+        let metrics = super::StoreMetrics::new(objects.maintenance_counters().clone());
         Writer {
+            metrics,
             repo,
             objects,
             config,
@@ -257,6 +264,10 @@ impl Writer {
                     break Some(e);
                 }
             }
+        };
+        *shared.failure.lock().expect("failure lock is never poisoned") = match &failure {
+            Some(Error::Storage(e)) => Some(crate::error::chain(&**e).to_string()),
+            _ => None,
         };
         for job in batch {
             job.answer(failure.clone());
@@ -406,6 +417,7 @@ impl Writer {
         data_before: Option<ObjectId>,
         meta_before: Option<ObjectId>,
     ) -> Result<(), StorageError> {
+        let started = Instant::now();
         self.objects.sync()?;
         let meta = self.meta_head.expect("persist after writing metadata");
         let data = self.data_head.expect("persist after writing data");
@@ -423,6 +435,7 @@ impl Writer {
         }
         let message = format!("gitcd: revision {}", self.working.revision);
         self.repo.update_refs(&edits, &message, &self.config.committer)?;
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 }

@@ -1,0 +1,163 @@
+//! TLS for the listeners, with rustls: the server's certificate pair is
+//! re-read whenever its files change (a cert-manager renewal, or a Secret
+//! volume swapping its `..data` symlink, needs no restart), and with
+//! `--client-cert-auth` every client must present a certificate signed by
+//! `--trusted-ca-file` (etcd's flags).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+
+/// The TLS flags.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA of client certificates.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `trusted_ca_file`.
+    pub client_cert_auth: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("the key in {path} is not one TLS can use")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("the CA in {path}")]
+    Ca {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("--client-cert-auth needs --trusted-ca-file")]
+    NoCa,
+    #[error("client certificate verification")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("TLS settings")]
+    Config(#[source] rustls::Error),
+}
+
+/// A TLS acceptor for `config`: the certificate pair is loaded now (so a
+/// bad one fails at start), and again when its files change.
+pub fn acceptor(config: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let resolver = Arc::new(ReloadingCert::new(config.cert_file.clone(), config.key_file.clone())?);
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?;
+    let builder = if config.client_cert_auth {
+        let ca = config.trusted_ca_file.as_ref().ok_or(TlsError::NoCa)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certs(ca)? {
+            roots.add(cert).map_err(|source| TlsError::Ca {
+                path: ca.clone(),
+                source,
+            })?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(TlsError::Verifier)?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut server = builder.with_cert_resolver(resolver);
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { path: path.to_owned() });
+    }
+    Ok(certs)
+}
+
+/// What identifies a file's content cheaply: size, time, inode (through
+/// symlinks, which Secret volumes use).
+fn stamp(path: &Path) -> Option<(u64, std::time::SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+/// The server's certificate pair, re-read when its files change.
+#[derive(Debug)]
+struct ReloadingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    #[allow(clippy::type_complexity)]
+    current: Mutex<(
+        Arc<CertifiedKey>,
+        Option<(u64, std::time::SystemTime, u64)>,
+        Option<(u64, std::time::SystemTime, u64)>,
+    )>,
+}
+
+impl ReloadingCert {
+    fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<Self, TlsError> {
+        let stamps = (stamp(&cert_file), stamp(&key_file));
+        let key = load(&cert_file, &key_file)?;
+        Ok(Self {
+            cert_file,
+            key_file,
+            current: Mutex::new((key, stamps.0, stamps.1)),
+        })
+    }
+}
+
+fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = read_certs(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsError::Read {
+        path: key_file.to_owned(),
+        source,
+    })?;
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|source| TlsError::Key {
+        path: key_file.to_owned(),
+        source,
+    })?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut current = self.current.lock().expect("certificate lock is never poisoned");
+        let stamps = (stamp(&self.cert_file), stamp(&self.key_file));
+        if stamps != (current.1, current.2) {
+            match load(&self.cert_file, &self.key_file) {
+                Ok(key) => {
+                    tracing::info!(cert = %self.cert_file.display(), "certificate files changed: reloaded");
+                    *current = (key, stamps.0, stamps.1);
+                }
+                // A half-written rotation: keep serving the old pair, and
+                // try again at the next handshake.
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::chain(&e), "cannot reload the certificate; keeping the current one")
+                }
+            }
+        }
+        Some(current.0.clone())
+    }
+}
