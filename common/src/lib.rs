@@ -9,4 +9,5 @@ pub mod repo;
 pub mod server;
 pub mod signal;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
