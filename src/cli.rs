@@ -127,3 +127,4 @@ pub fn run_init(args: &StoreArgs) -> std::process::ExitCode {
         }
     }
 }
+pub mod git_sync;
