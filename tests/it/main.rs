@@ -5,6 +5,7 @@ mod crash;
 mod differential;
 mod etcdctl;
 mod existing;
+mod git_sync;
 mod group;
 mod keys;
 mod kubernetes;
