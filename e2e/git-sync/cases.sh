@@ -1361,7 +1361,7 @@ case_cli_exit_codes_and_env() {
     local rc
     "$GIT_SYNC" --help >"$WORK/help" || fail "--help exit $?"
     grep -q -- "--repo" "$WORK/help" || fail "--help lacks --repo"
-    grep -q GITSYNC_REPO "$WORK/help" || fail "--help lacks the env twins"
+    grep -q GITSYNC_PASSWORD "$WORK/help" || fail "--help lacks the environment variables"
     "$GIT_SYNC" --man | grep -q SYNOPSIS || fail "--man"
     "$GIT_SYNC" --version >/dev/null || fail "--version"
     rc=0; "$GIT_SYNC" --no-such-flag 2>/dev/null || rc=$?
