@@ -17,6 +17,7 @@ pub mod hook;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod read;
 pub mod reap;
 pub mod repo;
 
@@ -224,16 +225,15 @@ pub async fn run(config: Config, log: Log) -> Result<Finished, RunError> {
             ("flags", config.flags_for_log.clone().into()),
         ],
     );
-    let git_path = find_in_path(&config.git).ok_or_else(|| {
+    if find_in_path(&config.git).is_none() {
         let e = RunError::GitNotFound(config.git.clone());
         log.error(
             Some(&e),
             "FATAL: git executable not found",
             &[("git", config.git.clone().into())],
         );
-        e
-    })?;
-    let _ = git_path;
+        return Err(e);
+    }
 
     let mask = if config.group_write { 0o002 } else { 0o022 };
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));

@@ -164,7 +164,8 @@ async fn cpu_profile(d: Duration) -> Result<Vec<u8>, String> {
     gz.finish().map_err(|e| e.to_string())
 }
 
-/// argv with the values of `--password` and the password in a URL replaced.
+/// argv with the values of `--password`, `--credential` and the hidden
+/// secret flags, and the password in a URL, replaced.
 fn redacted_cmdline() -> Vec<String> {
     let mut out = Vec::new();
     let mut hide_next = false;
@@ -174,7 +175,13 @@ fn redacted_cmdline() -> Vec<String> {
             hide_next = false;
             continue;
         }
-        if a == "--password" || a == "--__env__GITSYNC_PASSWORD" || a == "--__env__GITSYNC_GITHUB_APP_PRIVATE_KEY" {
+        if a.starts_with("--credential=") {
+            out.push("--credential=REDACTED".to_string());
+        } else if a == "--password"
+            || a == "--credential"
+            || a == "--__env__GITSYNC_PASSWORD"
+            || a == "--__env__GITSYNC_GITHUB_APP_PRIVATE_KEY"
+        {
             hide_next = true;
             out.push(a);
         } else if let Some((flag, _)) = a.split_once('=').filter(|(f, _)| {

@@ -293,7 +293,11 @@ impl Repo {
             }
             Ok(false) => {}
         }
-        match self.git(worktree, &["rev-parse", "HEAD"], deadline).await {
+        let head = match super::read::head(worktree) {
+            Some(h) => Ok(h),
+            None => self.git(worktree, &["rev-parse", "HEAD"], deadline).await,
+        };
+        match head {
             Err(e) => {
                 log.error(Some(&e), "can't get worktree HEAD", &[("path", path_value(worktree))]);
                 return false;
@@ -492,12 +496,16 @@ impl Repo {
         );
 
         self.fetch(deadline).await?;
-        // ^{} peels an annotated tag to its commit.
-        let remote_hash = self
-            .git(&self.root, &["rev-parse", "FETCH_HEAD^{}"], deadline)
-            .await?
-            .trim()
-            .to_string();
+        // ^{} peels an annotated tag to its commit; gix reads it without a
+        // process when it can.
+        let remote_hash = match super::read::fetch_head_commit(&self.root) {
+            Some(h) => h,
+            None => self
+                .git(&self.root, &["rev-parse", "FETCH_HEAD^{}"], deadline)
+                .await?
+                .trim()
+                .to_string(),
+        };
 
         if !current_hash.is_empty() && current_hash == remote_hash {
             self.log().info(
