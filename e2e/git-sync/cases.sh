@@ -1380,4 +1380,29 @@ case_cli_exit_codes_and_env() {
     grep -q 'GIT_SYNC_ROOT has been deprecated' "$WORK/env.log" || fail "no deprecation warning for GIT_SYNC_ROOT"
 }
 
-EXTRA_CASES=(pid1_reaps_and_forwards cli_exit_codes_and_env)
+# git-sync as an unknown UID in the volume's group (upstream's harness runs
+# its container as git-sync:$(id -g)): the repositories belong to root, so
+# git's "dubious ownership" check fires unless safe.directory lets it pass.
+# No --add-user: this machine's /etc/passwd is not the test's to change.
+case_runs_as_another_uid() {
+    local home
+    home=$(mktemp -d "$DIR/home.XXXXXX")
+    chmod 777 "$home"
+    chmod a+x "$(dirname "$DIR")" # the suite's top directory is mktemp's 0700
+    chmod g+rwx "$ROOT"
+    commit_file "$REPO" "$CASE 1"
+    setpriv --reuid=65533 --regid="$(id -g)" --clear-groups env HOME="$home" "$GIT_SYNC" -v=2 \
+        --touch-file="$INTERLOCK" --repo="file://$REPO" --root="$ROOT" --link=link --period=100ms \
+        --http-bind="127.0.0.1:$HTTP_PORT" --http-metrics >>"$DIR/git-sync.log" 2>&1 &
+    GS_PID=$!
+    echo "$GS_PID" >>"$DIR/pids"
+    wait_for_sync
+    assert_file_eq "$ROOT/link/file" "$CASE 1"
+    [[ "$(stat -c %u "$ROOT/.git")" == 65533 ]] || fail "the repository was not made by UID 65533"
+    commit_file "$REPO" "$CASE 2"
+    wait_for_sync
+    assert_file_eq "$ROOT/link/file" "$CASE 2"
+    assert_metric_eq "$METRIC_GOOD_SYNC_COUNT" 2
+}
+
+EXTRA_CASES=(pid1_reaps_and_forwards cli_exit_codes_and_env runs_as_another_uid)
