@@ -405,7 +405,7 @@ impl GoDuration {
     }
 
     fn ms(ms: i64) -> Self {
-        Self(ms * 1_000_000)
+        Self(ms.saturating_mul(1_000_000))
     }
 }
 
