@@ -1,8 +1,9 @@
 //! Reads that gix answers in-process, where git-sync starts a `git`: the
-//! commit `FETCH_HEAD` names (annotated tags peeled) and a worktree's HEAD.
-//! Both are plain reads of what git wrote; anything gix cannot open or
-//! parse gives `None`, and the caller asks the `git` CLI instead, so the
-//! answer is always git's.
+//! commit `FETCH_HEAD` names (annotated tags peeled), a worktree's HEAD,
+//! whether the root is a repository's top level, and `origin`'s URL. All
+//! are plain reads of what git wrote; anything gix cannot open or parse
+//! gives no answer, and the caller asks the `git` CLI instead, so a doubtful
+//! case is always git's to decide.
 
 use std::path::Path;
 
@@ -28,6 +29,19 @@ pub fn fetch_head_commit(root: &Path) -> Option<String> {
 /// The commit a worktree's HEAD points at (`git rev-parse HEAD` in it).
 pub fn head(worktree: &Path) -> Option<String> {
     Some(open(worktree)?.head_id().ok()?.to_string())
+}
+
+/// True when `root` (absolute, symlink-free) is the work tree of the
+/// repository at `root/.git`, i.e. `git rev-parse --show-toplevel` in it
+/// says `root`. False means "ask git" (a root inside another repository is
+/// git's to report).
+pub fn is_toplevel(root: &Path) -> bool {
+    open(root).and_then(|r| r.workdir().map(|w| w == root)).unwrap_or(false)
+}
+
+/// `remote.origin.url` as the repository's config has it.
+pub fn origin_url(root: &Path) -> Option<String> {
+    Some(open(root)?.config_snapshot().string("remote.origin.url")?.to_string())
 }
 
 #[cfg(test)]
@@ -70,6 +84,13 @@ mod tests {
         git(&src, &["tag", "-a", "-m", "annotated", "v1"]);
         git(&root, &["init", "-q", "-b", "git-sync"]);
         assert_eq!(fetch_head_commit(&root), None, "no FETCH_HEAD yet");
+        assert!(is_toplevel(&root));
+        let sub = root.join("sub");
+        std::fs::create_dir_all(&sub)?;
+        assert!(!is_toplevel(&sub), "inside another repository: git decides");
+        assert_eq!(origin_url(&root), None);
+        git(&root, &["remote", "add", "origin", "file:///x/y"]);
+        assert_eq!(origin_url(&root).as_deref(), Some("file:///x/y"));
         let url = format!("file://{}", src.display());
         for r in ["main", "v1"] {
             git(&root, &["fetch", "-q", &url, r, "--depth", "1"]);

@@ -182,7 +182,12 @@ impl Repo {
             }
             Ok(false) => {}
         }
-        match self.git(&self.root, &["rev-parse", "--show-toplevel"], deadline).await {
+        let top = if super::read::is_toplevel(&self.root) {
+            Ok(self.root.display().to_string())
+        } else {
+            self.git(&self.root, &["rev-parse", "--show-toplevel"], deadline).await
+        };
+        match top {
             Err(e) => {
                 log.error(Some(&e), "can't get repo toplevel", &[("path", path_value(&self.root))]);
                 return false;
@@ -255,6 +260,9 @@ impl Repo {
             if !self.sanity_check_repo(deadline).await {
                 return Err(SyncError::InitFailed);
             }
+        }
+        if super::read::origin_url(&self.root).as_deref() == Some(self.repo.as_str()) {
+            return Ok(());
         }
         match self
             .git
