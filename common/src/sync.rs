@@ -10,6 +10,7 @@
 //! shim.
 
 pub mod credentials;
+pub mod fs;
 pub mod git;
 pub mod gitconfig;
 pub mod github;
@@ -178,7 +179,7 @@ pub fn absolute_root(root: &Path) -> std::io::Result<PathBuf> {
     } else {
         std::env::current_dir()?.join(root)
     };
-    Ok(repo::clean(&abs))
+    Ok(fs::clean(&abs))
 }
 
 struct Hooks {
@@ -239,7 +240,7 @@ pub async fn run(config: Config, log: Log) -> Result<Finished, RunError> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
 
     let abs_root = absolute_root(&config.root).map_err(|e| fatal(&log, "can't absolutize --root", e))?;
-    repo::mkdir_all(&abs_root).map_err(|e| fatal(&log, "FATAL: can't make root dir", e))?;
+    fs::mkdir_all(&abs_root).map_err(|e| fatal(&log, "FATAL: can't make root dir", e))?;
     let root = std::fs::canonicalize(&abs_root).map_err(|e| fatal(&log, "FATAL: can't normalize root path", e))?;
     if root != config.root {
         log.info(
@@ -251,8 +252,8 @@ pub async fn run(config: Config, log: Log) -> Result<Finished, RunError> {
             ],
         );
     }
-    let link = repo::clean(&root.join(&config.link));
-    let touch_file = config.touch_file.as_ref().map(|t| repo::clean(&root.join(t)));
+    let link = fs::clean(&root.join(&config.link));
+    let touch_file = config.touch_file.as_ref().map(|t| fs::clean(&root.join(t)));
 
     if config.add_user {
         add_user().map_err(|e| fatal(&log, "FATAL: can't add user", e))?;
@@ -477,7 +478,7 @@ async fn sync_loop(
                 state.ready.store(true, Ordering::SeqCst);
                 if synced.changed || sync_count == 0 {
                     if let Some(t) = touch_file {
-                        match repo::touch(t) {
+                        match fs::touch(t) {
                             Ok(()) => log.info(3, "touched touch-file", &[("path", t.display().to_string().into())]),
                             Err(e) => log.error(
                                 Some(&e),
