@@ -4,10 +4,10 @@ CARGO ?= cargo
 REPO ?= /tmp/trishanku/gitcd
 E2E_CACHE ?= /var/cache/trishanku-e2e
 
-.PHONY: help run build test deps lint fmt e2e e2e-k8s e2e-coordination e2e-heavens bench
+.PHONY: help run build test deps lint fmt e2e e2e-k8s e2e-coordination e2e-heavens e2e-git-sync bench bench-git-sync
 
 help: ## List the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 build: ## Build every binary (release)
 	$(CARGO) build --release --bins
@@ -15,11 +15,12 @@ build: ## Build every binary (release)
 run: ## Build and start gitcd on the default repository ($(REPO)), listening on 127.0.0.1:2379
 	$(CARGO) run --release --bin gitcd -- serve --repo $(REPO)
 
-deps: ## Install what the tests need: etcdctl and etcd (Debian etcd-client, etcd-server), git, sshd, python3
+deps: ## Install what the tests need: etcd, etcdctl, git, sshd, openssl, curl, python3 (Debian packages)
 	@if ! command -v etcdctl >/dev/null || ! command -v etcd >/dev/null || ! command -v git >/dev/null \
-		|| ! [ -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null || ! command -v python3 >/dev/null; then \
+		|| ! [ -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null || ! command -v openssl >/dev/null \
+		|| ! command -v curl >/dev/null || ! command -v python3 >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			etcd-client etcd-server git openssh-server openssh-client python3; \
+			etcd-client etcd-server git openssh-server openssh-client openssl curl python3; \
 	fi
 
 lint: ## Check formatting and clippy lints
@@ -32,7 +33,7 @@ test: deps lint ## Install test dependencies, lint, and run every test
 fmt: ## Format the code
 	$(CARGO) fmt
 
-e2e: e2e-k8s e2e-coordination e2e-heavens ## Run every end-to-end scenario
+e2e: e2e-k8s e2e-coordination e2e-heavens e2e-git-sync ## Run every end-to-end scenario
 
 e2e-k8s: deps ## Build kube-apiserver 1.20 from Debian's source (cached in $(E2E_CACHE)) and run it on gitcd
 	$(CARGO) build --release --bin gitcd
@@ -49,6 +50,15 @@ e2e-heavens: deps ## Two heavens: kube-controller-manager and kube-scheduler, ea
 	E2E_CACHE=$(E2E_CACHE) e2e/k8s/build.sh
 	E2E_CACHE=$(E2E_CACHE) TARGET=$(CURDIR)/target/release e2e/heavens/run.sh
 
+e2e-git-sync: deps ## Run git-sync's end-to-end suite (git-sync v4's cases, re-created) against the release binary
+	$(CARGO) build --release --bin git-sync
+	GIT_SYNC=$(CURDIR)/target/release/git-sync e2e/git-sync/run.sh $(E2E_ARGS)
+
 bench: deps ## Benchmark gitcd against a real etcd in the same run (W1-W6); prints a table (see docs/performance.md)
 	$(CARGO) build --release --bin gitcd -p trishanku --bin gitcd-bench -p trishanku-bench
 	target/release/gitcd-bench --gitcd target/release/gitcd --etcd etcd $(BENCH_ARGS)
+
+bench-git-sync: ## Compare git-sync with kubernetes/git-sync (GIT_SYNC_V4=path to its binary, built by hand; see docs/performance.md)
+	@test -x "$${GIT_SYNC_V4:-}" || { echo "set GIT_SYNC_V4 to a kubernetes/git-sync v4 binary (see docs/performance.md)"; exit 1; }
+	$(CARGO) build --release --bin git-sync
+	e2e/git-sync/bench.sh $(CURDIR)/target/release/git-sync "$$GIT_SYNC_V4"

@@ -67,3 +67,4 @@ impl LogArgs {
         common::telemetry::init(Some(&self.log_format));
     }
 }
+pub mod git_sync;

@@ -19,5 +19,6 @@ pub mod repo;
 pub mod server;
 pub mod signal;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;

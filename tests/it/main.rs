@@ -6,6 +6,7 @@ mod crash;
 mod differential;
 mod etcdctl;
 mod existing;
+mod git_sync;
 mod group;
 mod hosts;
 mod keys;
