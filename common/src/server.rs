@@ -240,7 +240,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ClientSe
             .headers()
             .get(hyper::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        if grpc || !self.admin.serves(req.uri().path()) {
+        if grpc {
             let grpc = self.grpc.clone();
             return Box::pin(async move { Ok(grpc.call(req).await) });
         }

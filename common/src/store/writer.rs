@@ -93,6 +93,9 @@ pub struct Writer {
     lease_changes: Vec<LeaseChange>,
     /// Set by the ref watcher; cleared when the data ref is read.
     refs_changed: Arc<AtomicBool>,
+    /// A failed write could not be rolled back: nothing in memory can be
+    /// trusted until a reload from the refs succeeds.
+    needs_reload: bool,
     watcher: Option<RefWatcher>,
     pub(super) metrics: super::StoreMetrics,
     /// One writer per branch pair.
@@ -152,6 +155,7 @@ impl Writer {
             group_notes: Vec::new(),
             lease_changes: Vec::new(),
             refs_changed: Arc::new(AtomicBool::new(false)),
+            needs_reload: false,
             watcher: None,
             _lock: lock,
         }
@@ -236,6 +240,16 @@ impl Writer {
     fn run_batch(&mut self, shared: &Shared, mut batch: Vec<Box<dyn Job>>, mut read_refs: bool) {
         let mut attempt = 0;
         let failure = loop {
+            if self.needs_reload {
+                match self.rollback() {
+                    Ok(()) => {
+                        self.needs_reload = false;
+                        read_refs = true;
+                        tracing::info!("reloaded the store from its refs; writing again");
+                    }
+                    Err(e) => break Some(Error::from(e)),
+                }
+            }
             match self.try_batch(&mut batch, read_refs) {
                 Ok(()) => {
                     self.mark_durable();
@@ -245,8 +259,9 @@ impl Writer {
                 Err(e) => {
                     let conflict = matches!(&e, Error::Storage(s) if matches!(**s, StorageError::Repo(RepoError::RefConflict { .. })));
                     if let Err(reload) = self.rollback() {
-                        tracing::error!(error = %crate::error::chain(&reload), "cannot reload the store after a failed write; stopping writes");
-                        break Some(Error::Stopped);
+                        tracing::error!(error = %crate::error::chain(&reload), "cannot reload the store after a failed write; refusing writes until it can");
+                        self.needs_reload = true;
+                        break Some(e);
                     }
                     if conflict && attempt < MAX_CONFLICT_RETRIES {
                         attempt += 1;
