@@ -23,6 +23,7 @@ pub mod objects;
 mod pack;
 pub mod refs;
 pub mod tree;
+pub mod usage;
 
 use std::fs;
 use std::io;
@@ -129,6 +130,21 @@ impl Kind {
             Kind::Tree => "tree",
             Kind::Commit => "commit",
         }
+    }
+}
+
+/// The data ref to serve when none is given: the branch `HEAD` names in the
+/// repository at `path` (`refs/heads/master` in one made by an older `git
+/// init`), and `refs/heads/main` where there is no repository yet or `HEAD`
+/// names no branch.
+pub fn default_data_ref(path: &Path) -> String {
+    const DEFAULT: &str = "refs/heads/main";
+    let Ok(repo) = Repo::open(path) else {
+        return DEFAULT.into();
+    };
+    match repo.local().symbolic_target("HEAD") {
+        Ok(Some(target)) if target.starts_with("refs/heads/") => target,
+        _ => DEFAULT.into(),
     }
 }
 

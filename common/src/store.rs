@@ -299,9 +299,8 @@ struct Shared {
     metrics: StoreMetrics,
     /// Why the last group failed, until one succeeds.
     failure: std::sync::Mutex<Option<String>>,
-    /// Object store size at start; the writer adds what it writes.
-    db_size_base: i64,
-    db_size: std::sync::atomic::AtomicI64,
+    /// The objects' size on disk, tracked (no walk per call).
+    usage: crate::repo::usage::DiskUsage,
 }
 
 /// A handle to an open store; cheap to clone. The writer thread stops when
@@ -325,8 +324,7 @@ impl Store {
         let repo = Repo::open_or_init(&config.repo)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_DEPTH);
         let mut loaded = writer::Writer::open(&repo, &config)?;
-        let db_size = crate::repo::dir_size(&repo.git_dir().join("objects"));
-        let db_size = i64::try_from(db_size).unwrap_or(i64::MAX);
+        let usage = crate::repo::usage::DiskUsage::track(repo.git_dir());
         let snapshot = loaded.snapshot();
         let mut window = events::Window::new(config.history_window);
         for e in loaded.take_events() {
@@ -349,8 +347,7 @@ impl Store {
             config: config.clone(),
             metrics: loaded.metrics().clone(),
             failure: std::sync::Mutex::new(None),
-            db_size_base: db_size - loaded.bytes_written(),
-            db_size: std::sync::atomic::AtomicI64::new(db_size),
+            usage,
         });
         loaded.watch_refs(tx.clone());
         let thread_shared = shared.clone();
@@ -394,10 +391,11 @@ impl Store {
             .clone()
     }
 
-    /// Size of the repository's object store in bytes, kept as a running
-    /// count (no directory walk per call).
+    /// Size of the repository's objects on disk in bytes: a running count
+    /// that follows what gitcd and others write and delete (no directory
+    /// walk per call).
     pub fn db_size(&self) -> i64 {
-        self.shared.db_size.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.usage.bytes()
     }
 
     /// Registers the store's metrics in `registry`.

@@ -16,9 +16,9 @@ pub struct BranchArgs {
     /// Git repository (bare or not); created bare when missing.
     #[arg(long, env = "GITCD_REPO", default_value = "/tmp/trishanku/gitcd")]
     pub repo: PathBuf,
-    /// The data ref: one file per key.
-    #[arg(long, env = "GITCD_DATA_REF", default_value = "refs/heads/main")]
-    pub data_ref: String,
+    /// The data ref: one file per key [default: the branch HEAD names; refs/heads/main in a new repository].
+    #[arg(long, env = "GITCD_DATA_REF")]
+    pub data_ref: Option<String>,
     /// The metadata ref [default: refs/gitcd/metadata/<data-ref>].
     #[arg(long, env = "GITCD_METADATA_REF")]
     pub metadata_ref: Option<String>,
@@ -41,21 +41,29 @@ pub struct Branch {
 impl BranchArgs {
     /// The branch pair, or a usage error.
     pub fn to_branch(&self) -> Result<Branch, String> {
+        let data_ref = match &self.data_ref {
+            Some(r) => r.clone(),
+            None => {
+                let head = common::repo::default_data_ref(&self.repo);
+                tracing::info!(repo = %self.repo.display(), data_ref = %head, "no --data-ref: serving the branch HEAD names");
+                head
+            }
+        };
         let metadata_ref = self
             .metadata_ref
             .clone()
-            .unwrap_or_else(|| format!("refs/gitcd/metadata/{}", self.data_ref));
-        for (flag, name) in [("--data-ref", &self.data_ref), ("--metadata-ref", &metadata_ref)] {
+            .unwrap_or_else(|| format!("refs/gitcd/metadata/{data_ref}"));
+        for (flag, name) in [("--data-ref", &data_ref), ("--metadata-ref", &metadata_ref)] {
             if !name.starts_with("refs/") {
                 return Err(format!("{flag} {name:?}: must be a full ref name starting with refs/"));
             }
         }
-        if self.data_ref == metadata_ref {
+        if data_ref == metadata_ref {
             return Err("--data-ref and --metadata-ref must differ".into());
         }
         Ok(Branch {
             repo: self.repo.clone(),
-            data_ref: self.data_ref.clone(),
+            data_ref,
             metadata_ref,
             committer: Signature {
                 name: self.committer_name.clone(),

@@ -228,3 +228,49 @@ fn coordination_binaries_errors() -> Result<()> {
     assert!(!err.contains("wrong-s3cret"), "{err}");
     Ok(())
 }
+
+/// No silent empty store beside the user's data: without --data-ref the
+/// store is the branch HEAD names (master in a repository made by `git
+/// init -b master`); with it, that ref, created if missing.
+#[test]
+fn the_data_ref_defaults_to_head() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work)?;
+    git(&work, &["init", "-q", "-b", "master"])?;
+    commit_files(&work, &[("app/config", "x")], "first")?;
+    let repo = work.to_str().unwrap_or_default();
+    let o = gitcd(&["init", "--repo", repo])?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("serving the branch HEAD names"),
+        "logged: {}",
+        stderr(&o)
+    );
+    let out = String::from_utf8(o.stdout)?;
+    assert!(
+        out.contains("refs/gitcd/metadata/refs/heads/master at revision 1"),
+        "{out}"
+    );
+    let o = gitcd(&["init", "--repo", repo, "--data-ref", "refs/heads/other"])?;
+    let out = String::from_utf8(o.stdout)?;
+    assert!(
+        out.contains("refs/gitcd/metadata/refs/heads/other at revision 1"),
+        "{out}"
+    );
+    // A new repository: HEAD names the data ref.
+    let fresh = dir.path().join("fresh");
+    let o = gitcd(&[
+        "init",
+        "--repo",
+        fresh.to_str().unwrap_or_default(),
+        "--data-ref",
+        "refs/heads/store",
+    ])?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(fresh.join("HEAD"))?.trim(),
+        "ref: refs/heads/store"
+    );
+    Ok(())
+}

@@ -547,3 +547,68 @@ async fn sigterm_drains_under_load() -> Result<()> {
     let _ = child.wait();
     Ok(())
 }
+
+/// The size of every file below `dir`.
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Status.dbSize (and the metric) is the objects' real size on disk, and
+/// follows what others add: a push of another history, a git gc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_size_is_the_size_on_disk() -> Result<()> {
+    use common::proto::etcdserverpb::StatusRequest;
+    let dir = tempfile::tempdir()?;
+    let repo = dir.path().join("repo");
+    let server = Server::start(&repo, None, false).await?;
+    let mut c = Client::ready(server.addr).await?;
+    for i in 0..50 {
+        c.kv.put(PutRequest {
+            key: Bytes::from(format!("/s/{i}")),
+            value: Bytes::from(vec![b'x'; 4096]),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let work = dir.path().join("work");
+    crate::support::new_work_repo(&work)?;
+    for i in 0..5 {
+        crate::support::commit_files(&work, &[(&format!("f{i}"), &"y".repeat(20_000 + i))], &format!("c{i}"))?;
+    }
+    crate::support::git(
+        &work,
+        &[
+            "push",
+            "-q",
+            repo.to_str().unwrap_or_default(),
+            "main:refs/heads/pushed",
+        ],
+    )?;
+    crate::support::git(&repo, &["gc", "-q"])?;
+    let objects = repo.join("objects");
+    eventually("dbSize to be the objects' size", Duration::from_secs(30), || {
+        let mut c = c.clone();
+        let objects = objects.clone();
+        async move {
+            let size = c.maintenance.status(StatusRequest {}).await?.into_inner().db_size;
+            let disk = du(&objects);
+            if size as u64 != disk {
+                anyhow::bail!("dbSize {size}, on disk {disk}");
+            }
+            Ok(Some(()))
+        }
+    })
+    .await?;
+    server.stop().await
+}

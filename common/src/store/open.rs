@@ -85,6 +85,15 @@ impl Writer {
     /// when the data ref does not exist, else one revision per commit of the
     /// data ref's first-parent chain, oldest first.
     fn initialize(&mut self, data_ref: Option<ObjectId>) -> Result<(), StorageError> {
+        // A new store in a repository whose HEAD names no commit yet: HEAD
+        // names the data ref, so that the next start without --data-ref
+        // (and a clone) finds it.
+        if let Ok(Some(head)) = self.repo.symbolic_target("HEAD")
+            && self.repo.ref_target(&head).ok().flatten().is_none()
+            && head != self.config.data_ref
+        {
+            self.repo.set_head(&self.config.data_ref)?;
+        }
         match data_ref {
             None => {
                 let rev = self.working.revision + 1;

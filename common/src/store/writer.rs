@@ -112,11 +112,6 @@ impl Writer {
         std::mem::take(&mut self.pending_events)
     }
 
-    /// Bytes of objects this writer has written.
-    pub fn bytes_written(&self) -> i64 {
-        i64::try_from(self.objects.bytes_written()).unwrap_or(i64::MAX)
-    }
-
     pub fn metrics(&self) -> &super::StoreMetrics {
         &self.metrics
     }
@@ -311,10 +306,6 @@ impl Writer {
         }
         let revision = self.working.revision;
         *shared.snapshot.write().expect("snapshot lock is never poisoned") = Arc::new(self.working.clone());
-        shared.db_size.store(
-            shared.db_size_base + self.objects.bytes_written() as i64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
         shared.published.send_if_modified(|r| {
             let changed = *r != revision;
             *r = revision;
