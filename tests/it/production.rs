@@ -171,9 +171,19 @@ impl Server {
     }
 }
 
-/// etcdctl over TLS with `extra` flags.
+/// etcdctl (Debian's 3.4) over TLS with `extra` flags.
 fn etcdctl_tls(addr: SocketAddr, ca: &Path, extra: &[String], args: &[&str]) -> Result<std::process::Output> {
-    Ok(Command::new("etcdctl")
+    etcdctl_tls_with(Path::new("etcdctl"), addr, ca, extra, args)
+}
+
+fn etcdctl_tls_with(
+    etcdctl: &Path,
+    addr: SocketAddr,
+    ca: &Path,
+    extra: &[String],
+    args: &[&str],
+) -> Result<std::process::Output> {
+    Ok(Command::new(etcdctl)
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={addr}"))
         .arg(format!("--cacert={}", ca.display()))
@@ -233,6 +243,27 @@ async fn tls_and_client_certificates() -> Result<()> {
     ensure!(String::from_utf8(get.stdout)?.trim() == "yes");
     let none = etcdctl_tls(addr, &pki.ca(), &[], &["get", "/tls"])?;
     ensure!(!none.status.success(), "a client without a certificate is refused");
+    // etcdctl 3.5, with a scheme in its endpoint too.
+    let v35 = crate::support::etcdctl35()?;
+    let mut scheme = good.to_vec();
+    scheme.push(format!("--endpoints=https://{addr}"));
+    let got = etcdctl_tls_with(&v35, addr, &pki.ca(), &scheme, &["get", "/tls", "--print-value-only"])?;
+    ensure!(
+        String::from_utf8(got.stdout)?.trim() == "yes",
+        "etcdctl 3.5: {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let status = etcdctl_tls_with(&v35, addr, &pki.ca(), &scheme, &["endpoint", "status"])?;
+    ensure!(
+        status.status.success(),
+        "etcdctl 3.5 endpoint status: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    ensure!(
+        !etcdctl_tls_with(&v35, addr, &pki.ca(), &[], &["get", "/tls"])?
+            .status
+            .success()
+    );
     let stranger = [
         format!("--cert={}", stranger_cert.display()),
         format!("--key={}", stranger_key.display()),

