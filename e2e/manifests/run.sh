@@ -3,7 +3,8 @@
 #
 #   1. every kustomization under manifests/ (and e2e/manifests/overlay)
 #      renders with `kubectl kustomize` (kustomize v5) and passes
-#      kubernetes-validate --strict, offline;
+#      kubernetes-validate --strict, offline; kind/ is checked where kind
+#      cannot run (its config, the scripts' --dry-run, the image tags);
 #   2. a real kube-apiserver 1.20 on gitcd (with kube-controller-manager)
 #      accepts the e2e overlay (two heavens, the automerge, the in-cluster Git
 #      server, the git-sync example) with `apply --dry-run=server`, then for
@@ -94,6 +95,43 @@ validate() {
 	done < <(find "$ROOT/manifests" "$ROOT/e2e/manifests" -name kustomization.yaml | sort)
 	((n >= 6)) || fail "only $n kustomizations rendered"
 	log "$n kustomizations render and validate (strict)"
+}
+
+# kind_scripts: what can be checked of kind/ where kind cannot run: the
+# cluster config's shape, each script's --dry-run, and that the images it
+# loads are the tags the manifests use.
+kind_scripts() {
+	CURRENT=kind
+	"$VENV/bin/python" - "$ROOT/kind/kind-config.yaml" <<'PY' || fail "kind/kind-config.yaml"
+import sys, yaml
+config = yaml.safe_load(open(sys.argv[1]))
+assert (config["apiVersion"], config["kind"]) == ("kind.x-k8s.io/v1alpha4", "Cluster"), "not a kind v1alpha4 Cluster"
+known = {"kind", "apiVersion", "name", "nodes", "networking", "featureGates", "runtimeConfig",
+         "kubeadmConfigPatches", "kubeadmConfigPatchesJSON6902", "containerdConfigPatches"}
+assert set(config) <= known, f"unknown fields {set(config) - known}"
+roles = [node["role"] for node in config["nodes"]]
+assert "control-plane" in roles and set(roles) <= {"control-plane", "worker"}, f"node roles {roles}"
+PY
+	local script out version image expected
+	for script in up demo down; do
+		"$ROOT/kind/$script.sh" --dry-run >"$WORK/kind-$script.out" 2>&1 || {
+			cat "$WORK/kind-$script.out" >&2
+			fail "kind/$script.sh --dry-run"
+		}
+	done
+	out=$(cat "$WORK"/kind-*.out)
+	version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
+	for image in trishanku git-sync git-server; do
+		grep -q "kind load docker-image --name trishanku trishanku/$image:$version" <<<"$out" ||
+			fail "kind/up.sh does not load trishanku/$image:$version"
+		grep -A1 -x "  - name: trishanku/$image" "$ROOT/manifests/components/images/kustomization.yaml" |
+			grep -q "newTag: $version" || fail "manifests/components/images: trishanku/$image is not at $version"
+	done
+	for expected in "kind create cluster --config $ROOT/kind/kind-config.yaml" \
+		"apply -k $ROOT/manifests/overlays/two-heavens" "create deployment web" "kind delete cluster --name trishanku"; do
+		grep -qF -- "$expected" <<<"$out" || fail "the kind scripts do not run: $expected"
+	done
+	log "kind/: config valid, up/demo/down --dry-run as expected, image tags at $version"
 }
 
 # host_cluster: gitcd, kube-apiserver 1.20 on it, kube-controller-manager.
@@ -211,6 +249,7 @@ main() {
 	"$RENDER" kustomize --help >/dev/null 2>&1 || fail "kubectl with kustomize v5 is needed (KUSTOMIZE_KUBECTL)"
 	mkdir -p "$WORK/host"
 	validate
+	kind_scripts
 	host_cluster
 	apply
 	run_pods
