@@ -94,6 +94,10 @@ validate() {
 		n=$((n + 1))
 	done < <(find "$ROOT/manifests" "$ROOT/e2e/manifests" -name kustomization.yaml | sort)
 	((n >= 6)) || fail "only $n kustomizations rendered"
+	local ssh=$WORK/render/e2e/manifests/ssh.yaml
+	grep -q 'GITCD_REMOTE_URL: ssh://' "$ssh" || fail "the SSH heaven has no ssh:// remote"
+	! grep -q 'GITCD_USERNAME\|GITCD_PASSWORD_FILE' "$ssh" ||
+		fail "components/ssh-credentials leaves HTTPS settings in the ConfigMap"
 	log "$n kustomizations render and validate (strict)"
 }
 
