@@ -247,7 +247,11 @@ pub fn etcdctl_ok(addr: SocketAddr, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// Runs `git -C dir args…`, which must succeed; returns stdout.
+/// Runs `git -C dir args…`, which must succeed; returns stdout. The
+/// `gc --auto` that pushes and fetches start runs in the foreground, so a
+/// test's next git command never races a detached gc (git's own race, not
+/// gitcd's: `gc is already running`, or a loose object's directory pruned
+/// under a concurrent fetch).
 pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new("git")
         .arg("-C")
@@ -258,6 +262,9 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
         .env("GIT_COMMITTER_NAME", "tester")
         .env("GIT_COMMITTER_EMAIL", "tester@example.com")
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "gc.autoDetach")
+        .env("GIT_CONFIG_VALUE_0", "false")
         .env("HOME", dir)
         .output()?;
     if !out.status.success() {
