@@ -72,6 +72,10 @@ pub struct Config {
     pub git_config: Vec<(String, String)>,
     /// `GIT_SSH_COMMAND`, when an ssh flag was given.
     pub ssh_command: Option<String>,
+    /// HTTP(S) credentials (`--username` with `--password-file` or
+    /// `$GITSYNC_PASSWORD` for every upstream, with an empty URL;
+    /// `--credential` for the upstreams under its URL).
+    pub credentials: Vec<crate::sync::credentials::Credential>,
     /// `--services-links`.
     pub link_mode: links::Mode,
     /// The systemctl program.
@@ -273,6 +277,7 @@ async fn run_logged(config: Config, log: &Log) -> Result<Finished, RunError> {
             config.git.clone(),
             env.clone(),
             &config.git_config,
+            config.credentials.clone(),
             &[],
             log.clone(),
             metrics.clone(),
@@ -331,6 +336,7 @@ async fn run_logged(config: Config, log: &Log) -> Result<Finished, RunError> {
         config.git.clone(),
         env,
         &config.git_config,
+        config.credentials.clone(),
         &users,
         log.clone(),
         metrics.clone(),

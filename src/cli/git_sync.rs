@@ -919,4 +919,72 @@ mod tests {
         };
         assert!(help.contains("GITSYNC_REPO") && help.contains("--repo"));
     }
+
+    fn services(args: &[&str], env: &[(&str, &str)]) -> Result<common::gitopper::Config, String> {
+        let args: Vec<&str> = ["--services=/s.toml", "--hostname=h"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        match run(&args, env).0 {
+            Parsed::Services(c, _) => Ok(*c),
+            Parsed::Invalid(e, _) | Parsed::Usage(e, _) | Parsed::Fatal(e) => Err(e),
+            other => panic!("{args:?}: {}", matches!(other, Parsed::Run(..))),
+        }
+    }
+
+    #[test]
+    fn services_mode_credentials() -> Result<(), String> {
+        let c = services(&[], &[])?;
+        assert!(c.credentials.is_empty());
+        assert_eq!(c.ssh_command, None, "ssh as each service's user finds its own keys");
+        let c = services(
+            &[
+                "--username=alice",
+                "--password-file=/p",
+                r#"--credential={"url":"https://h/r","username":"bob","password":"s3cret"}"#,
+                "--ssh-key-file=/k/it's",
+                "--ssh-known-hosts-file=/kh",
+            ],
+            &[],
+        )?;
+        assert_eq!(c.credentials.len(), 2);
+        assert_eq!(
+            (c.credentials[0].url.as_str(), c.credentials[0].username.as_str()),
+            ("", "alice"),
+            "--username serves every upstream"
+        );
+        assert_eq!(c.credentials[0].password_file, Some(PathBuf::from("/p")));
+        assert_eq!(c.credentials[1].url, "https://h/r");
+        assert_eq!(c.credentials[1].password, Some(Secret::new("s3cret")));
+        assert_eq!(
+            c.ssh_command.as_deref(),
+            Some("ssh -o BatchMode=yes -i '/k/it'\\''s' -o StrictHostKeyChecking=yes -o UserKnownHostsFile='/kh'")
+        );
+        assert!(
+            !c.flags_for_log.iter().any(|f| f.contains("s3cret")),
+            "{:?}",
+            c.flags_for_log
+        );
+        let c = services(&["--username=alice"], &[("GITSYNC_PASSWORD", "pw")])?;
+        assert_eq!(c.credentials[0].password, Some(Secret::new("pw")));
+        for (args, env, needle) in [
+            (&["--username=alice"][..], &[][..], "must be specified when --username"),
+            (
+                &["--password-file=/p"][..],
+                &[][..],
+                "only be specified when --username",
+            ),
+            (
+                &["--username=a", "--password-file=/p"][..],
+                &[("GITSYNC_PASSWORD", "pw")][..],
+                "only one of",
+            ),
+            (&[r#"--credential={"url":"https://h"}"#][..], &[][..], "username"),
+            (&["--askpass-url=http://x"][..], &[][..], "git-sync's own mode's"),
+        ] {
+            let e = services(args, env).expect_err("refused");
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        Ok(())
+    }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
+use crate::hosts;
 use crate::support::{free_port, git};
 
 const BIN: &str = env!("CARGO_BIN_EXE_git-sync");
@@ -89,12 +90,6 @@ impl Fixture {
         }
         git(&self.up, &["add", "-A"])?;
         git(&self.up, &["commit", "-qm", "change"])?;
-        Ok(git(&self.up, &["rev-parse", "HEAD"])?.trim().to_string())
-    }
-
-    fn remove(&self, file: &str) -> Result<String> {
-        git(&self.up, &["rm", "-q", file])?;
-        git(&self.up, &["commit", "-qm", "remove"])?;
         Ok(git(&self.up, &["rev-parse", "HEAD"])?.trim().to_string())
     }
 
@@ -252,7 +247,18 @@ impl Machine {
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        // The state changes (with their errors), then the end of the log.
+        let states: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.contains("\"service state\""))
+            .take(20)
+            .collect();
+        format!(
+            "{}\n...\n{}",
+            states.join("\n"),
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
     }
 
     fn service(&self, name: &str) -> Result<Value> {
@@ -1112,5 +1118,106 @@ fn flags_and_services_files_refused() -> Result<()> {
     assert!(text(&o.stderr).contains("no services for this machine"));
     let o = run(&["--help"])?;
     assert!(text(&o.stdout).contains("GITSYNC_SERVICES") && text(&o.stdout).contains("--api-token-file"));
+    Ok(())
+}
+
+/// Services whose upstreams are real hosts on loopback: `git daemon`,
+/// smart HTTP behind basic auth (a credential for its URL, and
+/// `--username` with `--password-file` for every upstream), and sshd with a
+/// key and a known host. A wrong password is DIFF, says so, and shows no
+/// secret; the password file is read again, so fixing it is enough.
+#[test]
+fn services_from_real_remotes_with_credentials() -> Result<()> {
+    let f = Fixture::new()?;
+    f.commit(&[("c/etc/conf", "c1"), ("d/etc/conf", "d1")])?;
+    // Two names for the upstream: credentials are matched by URL.
+    let repos = f.path("repos");
+    std::fs::create_dir(&repos)?;
+    for name in ["up", "up2"] {
+        std::os::unix::fs::symlink(&f.up, repos.join(name))?;
+    }
+    let daemon = hosts::git_daemon(&repos, None)?;
+    let served = f.path("served-password");
+    std::fs::write(&served, "t0ken-s3cret\n")?;
+    let http = hosts::git_http(&repos, "alice", &served, None)?;
+    let ssh = hosts::sshd(&f.path("ssh"))?;
+    let right = f.path("right-password");
+    std::fs::write(&right, "t0ken-s3cret\n")?;
+    let wrong = f.path("password");
+    std::fs::write(&wrong, "n0t-the-passw0rd\n")?;
+
+    let up = |u: String| format!("upstream = \"{u}\"\n");
+    let services = f.write_services(&format!(
+        "{}{}{}{}{}",
+        f.global(),
+        f.recording_service("a", &up(format!("git://127.0.0.1:{}/up", daemon.port))),
+        f.recording_service("b", &up(format!("http://127.0.0.1:{}/up", http.port))),
+        f.recording_service(
+            "c",
+            &up(format!(
+                "ssh://{}@127.0.0.1:{}{}",
+                ssh.user,
+                ssh.host.port,
+                f.up.display()
+            ))
+        ),
+        f.recording_service("d", &up(format!("http://127.0.0.1:{}/up2", http.port))),
+    ))?;
+    let credential = format!(
+        r#"{{"url":"http://127.0.0.1:{}/up","username":"alice","password-file":"{}"}}"#,
+        http.port,
+        right.display()
+    );
+    let m = Start::new(&services)
+        .arg("--services-links=symlink")
+        .arg(format!("--credential={credential}"))
+        .arg("--username=alice")
+        .arg(format!("--password-file={}", wrong.display()))
+        .arg(format!("--ssh-key-file={}", ssh.client_key.display()))
+        .arg(format!("--ssh-known-hosts-file={}", ssh.known_hosts.display()))
+        .arg("-v=6")
+        .run(&f, 0)?;
+    let first = f.head()?;
+    for s in ["a", "b", "c"] {
+        m.wait_record(&f, &format!("{s} start {first}"))?;
+        assert_eq!(f.target(s)?, format!("{s}1"));
+    }
+    // d's password (the one for every upstream) is wrong.
+    let d = m.wait_service("d", "refused by the host", |v| v["state"] == "DIFF")?;
+    let info = d["stateinfo"].as_str().unwrap_or_default();
+    assert!(info.contains("Authentication failed"), "{d}");
+    assert!(!info.contains("n0t-the") && !info.contains("t0ken"), "{d}");
+    assert!(!f.path("mount/d/d").exists());
+    std::fs::write(&wrong, "t0ken-s3cret\n")?;
+    m.wait_record(&f, &format!("d start {first}"))?;
+    m.wait_service("d", "OK once the password is right", |v| v["state"] == "OK")?;
+    // The partial clones fetch their blobs from the same hosts.
+    let second = f.commit(&[
+        ("a/etc/conf", "a2"),
+        ("b/etc/conf", "b2"),
+        ("c/etc/conf", "c2"),
+        ("d/etc/conf", "d2"),
+    ])?;
+    for s in ["a", "b", "c", "d"] {
+        m.wait_record(&f, &format!("{s} change {second}"))?;
+        assert_eq!(f.target(s)?, format!("{s}2"));
+    }
+    let log = std::fs::read_to_string(&m.log)?;
+    assert!(log.contains("Authentication failed"), "the refusal is logged");
+    assert!(
+        !log.contains("t0ken-s3cret") && !log.contains("n0t-the-passw0rd"),
+        "no password in the log"
+    );
+    for entry in std::fs::read_dir(std::env::temp_dir())? {
+        let p = entry?.path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("git-sync-gitopper."))
+        {
+            for file in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+                assert!(!text.contains("t0ken-s3cret"), "no password in git's config");
+            }
+        }
+    }
     Ok(())
 }

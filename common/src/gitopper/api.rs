@@ -333,7 +333,9 @@ mod tests {
             reads: false,
         };
         let none = Auth::default();
-        let cases: Vec<(&Auth, Option<&[u8]>, bool, Result<(), Refusal>)> = vec![
+        // (auth, Authorization header, verified certificate, decision)
+        type Case<'a> = (&'a Auth, Option<&'a [u8]>, bool, Result<(), Refusal>);
+        let cases: Vec<Case> = vec![
             (&with_token, Some(b"Bearer s3cret"), false, Ok(())),
             (&with_token, Some(b"Bearer s3cret "), false, Ok(())),
             (

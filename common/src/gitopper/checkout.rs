@@ -23,6 +23,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::time::Instant;
 
 use super::metrics::Metrics;
+use crate::sync::credentials::Credential;
 use crate::sync::git::{CmdError, CmdFailure, Output, cmd_for_log};
 use crate::sync::log::Log;
 
@@ -65,13 +66,26 @@ pub fn run_as(user: Option<&str>) -> Result<Option<RunAs>, String> {
 }
 
 /// The `git` every checkout uses: the program, the environment every call
-/// gets, a private global config per user, the log and the git counters.
+/// gets, a private global config per user, the HTTP(S) credentials, the log
+/// and the git counters.
+///
+/// Credentials reach git through a credential helper written into each
+/// private config (`credential.<url>.helper` for a credential with a URL,
+/// `credential.helper` for one without, which serves every upstream). The
+/// helper prints what two variables of git's environment hold: the
+/// username and the password, the password file read again before every
+/// git call (so that it can be rotated). Neither is in a command line, a
+/// file git-sync writes, or a log; the environment of a process is readable
+/// by its own user and root only.
 #[derive(Clone)]
 pub struct Git {
     /// The program (`--git`).
     pub program: String,
     /// Added to every call's environment.
     pub env: Vec<(OsString, OsString)>,
+    /// HTTP(S) credentials; a credential without a URL serves every
+    /// upstream.
+    pub credentials: Arc<Vec<Credential>>,
     /// Where commands are logged (-v5, outputs at -v6).
     pub log: Log,
     /// `gitopper_machine_git_{ops,errors}_total`.
@@ -88,12 +102,13 @@ struct Configs {
 }
 
 impl Git {
-    /// Sets up the private configs (`--git-config` pairs) for git-sync's
-    /// own user and each of `users`.
+    /// Sets up the private configs (the credential helpers, then the
+    /// `--git-config` pairs) for git-sync's own user and each of `users`.
     pub async fn new(
         program: String,
         env: Vec<(OsString, OsString)>,
         config: &[(String, String)],
+        credentials: Vec<Credential>,
         users: &[RunAs],
         log: Log,
         metrics: Arc<Metrics>,
@@ -115,6 +130,7 @@ impl Git {
         let mut git = Self {
             program,
             env,
+            credentials: Arc::new(credentials),
             log,
             metrics,
             configs: Arc::new(Configs {
@@ -143,6 +159,19 @@ impl Git {
             })?;
             let f = file.to_string_lossy().into_owned();
             let deadline = crate::sync::git::deadline_in(std::time::Duration::from_secs(30));
+            // Credentials with a URL first: git asks the helpers in order
+            // and stops at the first that answers.
+            let mut helpers: Vec<(String, String)> = Vec::new();
+            for (i, c) in git.credentials.iter().enumerate().filter(|(_, c)| !c.url.is_empty()) {
+                helpers.push((format!("credential.{}.helper", c.url), helper(i)));
+            }
+            for (i, _) in git.credentials.iter().enumerate().filter(|(_, c)| c.url.is_empty()) {
+                helpers.push(("credential.helper".into(), helper(i)));
+            }
+            for (k, v) in &helpers {
+                git.run(None, None, &["config", "--file", &f, "--add", k, v], None, deadline)
+                    .await?;
+            }
             for (k, v) in config {
                 git.run(None, None, &["config", "--file", &f, k, v], None, deadline)
                     .await?;
@@ -198,6 +227,25 @@ impl Git {
             ],
         );
         let mut cmd = tokio::process::Command::new(&self.program);
+        for (i, c) in self.credentials.iter().enumerate() {
+            let password = match &c.password_file {
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(p) => p.trim_end_matches(['\n', '\r']).to_string(),
+                    Err(e) => {
+                        let e = std::io::Error::new(e.kind(), format!("reading password file {}: {e}", path.display()));
+                        return Err(CmdError {
+                            cmd: cmd_str,
+                            kind: CmdFailure::Spawn(e),
+                            stdout: String::new(),
+                            stderr: String::new(),
+                        });
+                    }
+                },
+                None => c.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default(),
+            };
+            cmd.env(format!("{CREDENTIAL_VAR}_USERNAME_{i}"), &c.username)
+                .env(format!("{CREDENTIAL_VAR}_PASSWORD_{i}"), password);
+        }
         cmd.args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("GIT_CONFIG_NOSYSTEM", "true")
@@ -251,6 +299,19 @@ impl Git {
         );
         Ok(output)
     }
+}
+
+/// The prefix of the variables that hand credentials to the helper.
+const CREDENTIAL_VAR: &str = "GITSYNC_SERVICES_CREDENTIAL";
+
+/// The credential helper for credential `i`: it answers `get` with the
+/// username and password in git's environment, and ignores `store` and
+/// `erase` (nothing is kept).
+fn helper(i: usize) -> String {
+    format!(
+        "!f() {{ test \"$1\" = get || exit 0; printf 'username=%s\\npassword=%s\\n' \
+         \"${CREDENTIAL_VAR}_USERNAME_{i}\" \"${CREDENTIAL_VAR}_PASSWORD_{i}\"; }}; f"
+    )
 }
 
 fn trim(b: &[u8]) -> String {
@@ -411,7 +472,8 @@ impl Checkout {
     }
 
     /// Brings an existing checkout in line with the services file: origin's
-    /// URL and the sparse patterns (links may have been added or removed).
+    /// URL and the sparse patterns (links may have been added or removed),
+    /// and finishes a clone that was never checked out.
     pub async fn configure(&self, git: &Git, deadline: Instant) -> Result<(), CheckoutError> {
         let url = self.read(|r| {
             Ok(r.config_snapshot()
@@ -426,6 +488,12 @@ impl Checkout {
         let current = std::fs::read_to_string(self.dir.join(".git/info/sparse-checkout")).unwrap_or_default();
         if current != self.patterns() {
             self.set_patterns(git, deadline).await?;
+        }
+        if !self.dir.join(".git/index").exists() {
+            // A clone whose first checkout failed (its blobs could not be
+            // fetched, say): finish it, or fail again with git's reason.
+            self.git(git, &["checkout", "--quiet", &self.branch, "--"], None, deadline)
+                .await?;
         }
         Ok(())
     }
@@ -541,10 +609,7 @@ impl Checkout {
                 })
                 .collect()
         };
-        match self.read(|r| Ok(entries(r, old)? != entries(r, new)?)) {
-            Ok(differ) => differ,
-            Err(_) => true,
-        }
+        self.read(|r| Ok(entries(r, old)? != entries(r, new)?)).unwrap_or(true)
     }
 }
 
@@ -593,7 +658,7 @@ mod tests {
             ("GIT_COMMITTER_NAME".into(), "t".into()),
             ("GIT_COMMITTER_EMAIL".into(), "t@t".into()),
         ];
-        Git::new("git".into(), env, &[], &[], Log::new(0, None), metrics)
+        Git::new("git".into(), env, &[], vec![], &[], Log::new(0, None), metrics)
             .await
             .expect("git")
     }
@@ -694,6 +759,11 @@ mod tests {
             sh_git(&co.dir, &["remote", "get-url", "origin"]),
             up.display().to_string()
         );
+        // A clone that was never checked out (no index) is finished.
+        std::fs::remove_file(co.dir.join(".git/index"))?;
+        std::fs::remove_dir_all(co.dir.join("a"))?;
+        co.configure(&git, deadline).await?;
+        assert_eq!(std::fs::read_to_string(co.dir.join("a/x"))?, "1");
         Ok(())
     }
 

@@ -322,7 +322,7 @@ impl File {
         let mut out: Vec<Service> = Vec::new();
         let mut seen = BTreeMap::new();
         for entry in &self.services {
-            if !hostnames.iter().any(|h| *h == entry.machine) {
+            if !hostnames.contains(&entry.machine) {
                 continue;
             }
             let e = self.merged(entry);

@@ -36,13 +36,16 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let state = IntGaugeVec::new(
-            Opts::new("gitopper_service_state", "Current state for this service."),
+            Opts::new(
+                "gitopper_service_state",
+                "The service's state: OK 0, FREEZE 1, ROLLBACK 2, BROKEN 3, DIFF 4.",
+            ),
             &["service"],
         )?;
         let change_time = GaugeVec::new(
             Opts::new(
                 "gitopper_service_change_time_seconds",
-                "Timestamp for last state change for this service.",
+                "When the service's state or its info last changed, in seconds since the epoch.",
             ),
             &["service"],
         )?;
@@ -53,10 +56,10 @@ impl Metrics {
             ),
             &["service", "hash", "state"],
         )?;
-        let git_ops = IntCounter::new("gitopper_machine_git_ops_total", "Total number of git operations.")?;
+        let git_ops = IntCounter::new("gitopper_machine_git_ops_total", "git commands run on this machine.")?;
         let git_errors = IntCounter::new(
             "gitopper_machine_git_errors_total",
-            "Total number of git operations that failed.",
+            "git commands that failed on this machine.",
         )?;
         registry.register(Box::new(state.clone()))?;
         registry.register(Box::new(change_time.clone()))?;

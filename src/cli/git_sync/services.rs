@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, CommandFactory as _};
 use common::gitopper::{ApiConfig, Bootstrap, Config, api::Auth, links::Mode};
+use common::sync::credentials::{self, Credential, Secret};
 use common::tls::TlsConfig;
 
 use super::goflag::parse_bool;
@@ -93,6 +94,10 @@ const SHARED: &[&str] = &[
     "git",
     "git_config",
     "git_config_add",
+    "username",
+    "password_env",
+    "password_file",
+    "credential",
     "ssh_key_file",
     "ssh_known_hosts",
     "ssh_known_hosts_file",
@@ -121,6 +126,48 @@ pub(super) fn refuse_without_services(was_set: &dyn Fn(&str) -> bool) -> Result<
         }
     }
     Ok(())
+}
+
+/// The HTTP(S) credentials: `--username` with `$GITSYNC_PASSWORD` or
+/// `--password-file` for every upstream (a credential without a URL), then
+/// each `--credential` for the upstreams under its URL. Credentials in an
+/// upstream's URL are git's own business (git uses them as given).
+fn http_credentials(a: &GitSyncArgs) -> Result<Vec<Credential>, String> {
+    let mut creds = Vec::new();
+    let (user, password, file) = (&a.username, &a.password_env, &a.password_file);
+    match (user.is_empty(), password.is_empty(), file.is_empty()) {
+        (true, true, true) => {}
+        (true, _, _) => {
+            return Err(
+                "invalid flag: $GITSYNC_PASSWORD and --password-file may only be specified when --username is specified"
+                    .into(),
+            );
+        }
+        (false, true, true) => {
+            return Err(
+                "required flag: $GITSYNC_PASSWORD or --password-file must be specified when --username is specified"
+                    .into(),
+            );
+        }
+        (false, false, false) => {
+            return Err("invalid flag: only one of $GITSYNC_PASSWORD and --password-file may be specified".into());
+        }
+        (false, _, _) => creds.push(Credential {
+            url: String::new(),
+            username: user.clone(),
+            password: (!password.is_empty()).then(|| Secret::new(password.clone())),
+            password_file: (!file.is_empty()).then(|| PathBuf::from(file)),
+        }),
+    }
+    for c in &a.credential {
+        let parsed = credentials::parse_credentials(c)
+            .map_err(|e| format!("invalid argument {c:?} for \"--credential\" flag: {e}"))?;
+        for cred in &parsed {
+            cred.validate().map_err(str::to_string)?;
+        }
+        creds.extend(parsed);
+    }
+    Ok(creds)
 }
 
 /// The services mode's config, or why the flags do not make one.
@@ -256,18 +303,21 @@ pub(super) fn validate(
                 .map_err(|e| format!("can't parse --git-config-add flag: {e}"))?,
         );
     }
+    let credentials = http_credentials(a)?;
     // ssh as each service's user finds its own keys, as Gitopper's git
     // does, unless an ssh flag says otherwise.
     let ssh_command =
         (was_set("ssh_key_file") || was_set("ssh_known_hosts") || was_set("ssh_known_hosts_file")).then(|| {
-            let mut cmd = String::from("ssh");
+            // git runs it through sh: paths are quoted; never a prompt.
+            let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+            let mut cmd = String::from("ssh -o BatchMode=yes");
             for k in &a.ssh_key_file {
-                cmd.push_str(&format!(" -i {k}"));
+                cmd.push_str(&format!(" -i {}", quote(k)));
             }
             if a.ssh_known_hosts {
                 cmd.push_str(&format!(
                     " -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
-                    a.ssh_known_hosts_file
+                    quote(&a.ssh_known_hosts_file)
                 ));
             } else {
                 cmd.push_str(" -o StrictHostKeyChecking=no");
@@ -295,6 +345,7 @@ pub(super) fn validate(
         git: a.git.clone(),
         git_config,
         ssh_command,
+        credentials,
         link_mode,
         systemctl: "systemctl".into(),
         http_bind: opt(&a.http_bind).map(|p| p.display().to_string()),
