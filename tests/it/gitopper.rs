@@ -1129,7 +1129,7 @@ fn flags_and_services_files_refused() -> Result<()> {
 #[test]
 fn services_from_real_remotes_with_credentials() -> Result<()> {
     let f = Fixture::new()?;
-    f.commit(&[("c/etc/conf", "c1"), ("d/etc/conf", "d1")])?;
+    f.commit(&[("c/etc/conf", "c1"), ("d/etc/conf", "d1"), ("e/etc/conf", "e1")])?;
     // Two names for the upstream: credentials are matched by URL.
     let repos = f.path("repos");
     std::fs::create_dir(&repos)?;
@@ -1148,7 +1148,7 @@ fn services_from_real_remotes_with_credentials() -> Result<()> {
 
     let up = |u: String| format!("upstream = \"{u}\"\n");
     let services = f.write_services(&format!(
-        "{}{}{}{}{}",
+        "{}{}{}{}{}{}",
         f.global(),
         f.recording_service("a", &up(format!("git://127.0.0.1:{}/up", daemon.port))),
         f.recording_service("b", &up(format!("http://127.0.0.1:{}/up", http.port))),
@@ -1162,6 +1162,11 @@ fn services_from_real_remotes_with_credentials() -> Result<()> {
             ))
         ),
         f.recording_service("d", &up(format!("http://127.0.0.1:{}/up2", http.port))),
+        // A password in the URL works as git takes it, and is not logged.
+        f.recording_service(
+            "e",
+            &up(format!("http://alice:t0ken-s3cret@127.0.0.1:{}/up", http.port))
+        ),
     ))?;
     let credential = format!(
         r#"{{"url":"http://127.0.0.1:{}/up","username":"alice","password-file":"{}"}}"#,
@@ -1178,7 +1183,7 @@ fn services_from_real_remotes_with_credentials() -> Result<()> {
         .arg("-v=6")
         .run(&f, 0)?;
     let first = f.head()?;
-    for s in ["a", "b", "c"] {
+    for s in ["a", "b", "c", "e"] {
         m.wait_record(&f, &format!("{s} start {first}"))?;
         assert_eq!(f.target(s)?, format!("{s}1"));
     }
@@ -1197,8 +1202,9 @@ fn services_from_real_remotes_with_credentials() -> Result<()> {
         ("b/etc/conf", "b2"),
         ("c/etc/conf", "c2"),
         ("d/etc/conf", "d2"),
+        ("e/etc/conf", "e2"),
     ])?;
-    for s in ["a", "b", "c", "d"] {
+    for s in ["a", "b", "c", "d", "e"] {
         m.wait_record(&f, &format!("{s} change {second}"))?;
         assert_eq!(f.target(s)?, format!("{s}2"));
     }

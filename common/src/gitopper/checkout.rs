@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::time::Instant;
 
 use super::metrics::Metrics;
-use crate::sync::credentials::Credential;
+use crate::sync::credentials::{Credential, redact_url};
 use crate::sync::git::{CmdError, CmdFailure, Output, cmd_for_log};
 use crate::sync::log::Log;
 
@@ -213,7 +213,11 @@ impl Git {
         stdin: Option<&str>,
         deadline: Instant,
     ) -> Result<Output, CmdError> {
-        let cmd_str = cmd_for_log(&self.program, args);
+        // An upstream may carry a password in its URL: never in a log or
+        // an error.
+        let redacted: Vec<String> = args.iter().map(|a| redact_url(a)).collect();
+        let redacted: Vec<&str> = redacted.iter().map(String::as_str).collect();
+        let cmd_str = cmd_for_log(&self.program, &redacted);
         self.log.info(
             5,
             "running command",

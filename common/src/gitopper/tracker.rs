@@ -40,6 +40,7 @@ use super::config::{self, Action};
 use super::links::{self, How};
 use super::metrics::Metrics;
 use super::state::{self, State, Status};
+use crate::sync::credentials::redact_url;
 use crate::sync::log::{Log, error_chain};
 
 /// What every tracker shares.
@@ -292,7 +293,11 @@ impl Tracked {
                 self.set(
                     ctx,
                     State::Diff,
-                    format!("error cloning {}: {}", self.checkout.upstream, error_chain(&e)),
+                    format!(
+                        "error cloning {}: {}",
+                        redact_url(&self.checkout.upstream),
+                        error_chain(&e)
+                    ),
                 );
                 return;
             }
@@ -344,7 +349,11 @@ impl Tracked {
                         self.set(
                             ctx,
                             State::Diff,
-                            format!("error pulling {}: {}", self.checkout.upstream, error_chain(&e)),
+                            format!(
+                                "error pulling {}: {}",
+                                redact_url(&self.checkout.upstream),
+                                error_chain(&e)
+                            ),
                         );
                         return;
                     }
