@@ -870,6 +870,13 @@ fn mtls_and_the_client_subcommand() -> Result<()> {
     assert!(text(&o.stderr).contains("406"), "{}", text(&o.stderr));
     let o = with(&token, &["do", "pull", &at, "b"])?;
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // Called through a symlink named gitopperctl, as Gitopper's client is.
+    let link = f.path("gitopperctl");
+    std::os::unix::fs::symlink(BIN, &link)?;
+    let o = Command::new(&link).args([&ca, "-m", "list", "s", &at, "b"]).output()?;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(v["services"][0]["service"], "b");
     // Usage errors exit 64.
     assert_eq!(
         ctl(&["list".into(), "service".into(), "nohost".into()])?.status.code(),
