@@ -28,6 +28,7 @@ pub mod api;
 pub mod checkout;
 pub mod client;
 pub mod config;
+pub mod git;
 pub mod links;
 pub mod metrics;
 pub mod state;
@@ -45,7 +46,8 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use tokio::sync::watch;
 
-use self::checkout::{Checkout, Git};
+use self::checkout::Checkout;
+use self::git::Git;
 use self::metrics::Metrics;
 use self::tracker::{Ctx, Tracked};
 use crate::sync::log::{Log, error_chain};
@@ -330,7 +332,7 @@ async fn run_logged(config: Config, log: &Log) -> Result<Finished, RunError> {
         return Ok(Finished::NoServices);
     }
 
-    let owners: Vec<_> = specs.iter().map(|s| checkout::run_as(s.user.as_deref())).collect();
+    let owners: Vec<_> = specs.iter().map(|s| git::run_as(s.user.as_deref())).collect();
     let users: Vec<_> = owners.iter().filter_map(|o| o.clone().ok().flatten()).collect();
     let git = Git::new(
         config.git.clone(),

@@ -24,8 +24,8 @@
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
-use super::checkout::RunAs;
 use super::config::Link;
+use super::git::RunAs;
 
 /// `--services-links`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -35,8 +35,9 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::action::{Phase, Runner};
-use super::checkout::{Checkout, Git, ResolveError, RunAs};
+use super::checkout::{Checkout, ResolveError};
 use super::config::{self, Action};
+use super::git::{Git, RunAs};
 use super::links::{self, How};
 use super::metrics::Metrics;
 use super::state::{self, State, Status};
