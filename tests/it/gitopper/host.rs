@@ -309,6 +309,21 @@ fn services_from_real_remotes_with_credentials() -> Result<()> {
     std::fs::write(&wrong, "t0ken-s3cret\n")?;
     m.wait_record(&f, &format!("d start {first}"))?;
     m.wait_service("d", "OK once the password is right", |v| v["state"] == "OK")?;
+    // The refused fetches count as git errors; d's state change has a time.
+    let metrics = m.metrics()?;
+    let value = |prefix: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+    };
+    let errors = value("gitopper_machine_git_errors_total ").context("git errors")?;
+    let ops = value("gitopper_machine_git_ops_total ").context("git ops")?;
+    assert!(errors >= 1.0 && ops > errors, "{metrics}");
+    let changed = value("gitopper_service_change_time_seconds{service=\"d\"} ").context("d's change time")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    assert!((now - 120.0..=now + 1.0).contains(&changed), "{changed} vs {now}");
     // The partial clones fetch their blobs from the same hosts.
     let second = f.commit(&[
         ("a/etc/conf", "a2"),
