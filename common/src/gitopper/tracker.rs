@@ -84,8 +84,8 @@ struct StepMemory {
     package_done: bool,
     /// The checkout was brought in line with the services file.
     configured: bool,
-    /// The commit the action last failed at.
-    failed_at: Option<String>,
+    /// The commit the action last failed at, and the error.
+    failed_at: Option<(String, String)>,
 }
 
 /// An operator's change the API asks for.
@@ -162,18 +162,19 @@ impl Tracked {
     }
 
     /// Changes the status, saves it (when there is a checkout) and shows
-    /// it in the metrics. A failed save is logged: the tracker's changes
-    /// reflect what happened on disk whether or not they could be saved.
+    /// it in the metrics, all under the status lock: whoever sees the new
+    /// status (the API) finds it saved and in the metrics too, and two
+    /// changes cannot reach the metrics out of order. A failed save is
+    /// logged: the tracker's changes reflect what happened on disk whether
+    /// or not they could be saved.
     fn update(&self, ctx: &Ctx, f: impl FnOnce(&mut Status)) {
-        let (before, after) = {
-            let mut s = self.status.lock().expect("status lock is never poisoned");
-            let before = s.clone();
-            f(&mut s);
-            (before, s.clone())
-        };
-        if before == after {
+        let mut s = self.status.lock().expect("status lock is never poisoned");
+        let before = s.clone();
+        f(&mut s);
+        if *s == before {
             return;
         }
+        let after = s.clone();
         if before.state != after.state || before.info != after.info {
             ctx.log.info(
                 0,
@@ -431,7 +432,16 @@ impl Tracked {
             });
             return;
         }
-        if mem.failed_at.as_deref() == Some(head) && self.status().state == State::Broken {
+        if let Some((at, info)) = &mem.failed_at
+            && at == head
+        {
+            // Not retried at the commit it failed at (a later commit, or a
+            // restart, tries again). A git error since then that has
+            // cleared leaves the service BROKEN again, not DIFF; a held
+            // service stays held, with the error in its info.
+            if self.status().state == State::Diff {
+                self.set(ctx, State::Broken, info.clone());
+            }
             return;
         }
         let phase = if changed { Phase::Change } else { Phase::Start };
@@ -471,8 +481,8 @@ impl Tracked {
                 });
             }
             Err(e) => {
-                mem.failed_at = Some(head.to_string());
                 let info = format!("error running the action: {}", error_chain(&e));
+                mem.failed_at = Some((head.to_string(), info.clone()));
                 if held {
                     self.update(ctx, |s| s.info = info);
                 } else {
@@ -539,8 +549,9 @@ impl Tracked {
                 });
             }
             Err(e) => {
-                mem.failed_at = Some(pin.to_string());
-                fail(State::Broken, format!("error running the action: {}", error_chain(&e)));
+                let info = format!("error running the action: {}", error_chain(&e));
+                mem.failed_at = Some((pin.to_string(), info.clone()));
+                fail(State::Broken, info);
             }
         }
     }
