@@ -618,12 +618,13 @@ async fn db_size_is_the_size_on_disk() -> Result<()> {
         crate::support::commit_files(&work, &[(&format!("f{i}"), &"y".repeat(20_000 + i))], &format!("c{i}"))?;
     }
     // No automatic gc after the push: receive-pack would start one in the
-    // background (git maintenance detaches), racing the explicit one below.
+    // background, racing the explicit one below. It must be the served
+    // repository's own config: git clears GIT_CONFIG_* and -c for the
+    // receive-pack of a local push.
+    crate::support::git(&repo, &["config", "receive.autogc", "false"])?;
     crate::support::git(
         &work,
         &[
-            "-c",
-            "receive.autogc=false",
             "push",
             "-q",
             repo.to_str().unwrap_or_default(),
