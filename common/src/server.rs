@@ -49,6 +49,34 @@ pub struct ServeConfig {
     pub watch_progress_interval: Duration,
     /// Merging an upstream branch in and pushing, when asked for.
     pub pull: Option<crate::pull::PullConfig>,
+    /// How long a simple auth token lives unused (etcd's `--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
+    /// bcrypt's cost for new password hashes (etcd's `--bcrypt-cost`).
+    pub bcrypt_cost: u32,
+    /// Most bytes of live keys and values (etcd's `--quota-backend-bytes`);
+    /// `None`: no quota.
+    pub quota_backend_bytes: Option<i64>,
+}
+
+impl ServeConfig {
+    /// A config serving `store` on `listen` with every other setting at its
+    /// default (etcd's, where etcd has one).
+    pub fn new(store: StoreConfig, listen: Vec<ListenUrl>) -> Self {
+        Self {
+            store,
+            advertise_client_urls: listen.iter().map(|u| u.url()).collect(),
+            listen,
+            listen_metrics: Vec::new(),
+            tls: None,
+            name: "default".into(),
+            max_request_bytes: etcd::DEFAULT_MAX_REQUEST_BYTES,
+            watch_progress_interval: Duration::from_secs(5),
+            pull: None,
+            auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL,
+            bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,
+            quota_backend_bytes: Some(etcd::DEFAULT_QUOTA_BYTES),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,13 +143,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-    let store = open_store(config.store.clone()).await?;
     let identity = Arc::new(Identity::new(
         &config.name,
         &config.store.data_ref,
         config.advertise_client_urls.clone(),
         config.max_request_bytes,
     ));
+    let mut store_config = config.store.clone();
+    store_config.member_id = identity.member_id;
+    let store = open_store(store_config).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     {
@@ -145,6 +175,13 @@ pub async fn serve(
         identity,
         stopping: stop_rx.clone(),
         watch_gauges: server_metrics.watch_gauges(),
+        members: Default::default(),
+        authn: Arc::new(etcd::Authn::new(
+            config.auth_token_ttl,
+            config.bcrypt_cost,
+            config.tls.as_ref().is_some_and(|t| t.client_cert_auth),
+        )),
+        quota_bytes: config.quota_backend_bytes,
     };
     let admin = endpoints::admin(&store, registry, server_metrics.clone(), draining.clone());
     let grpc = metrics::Instrumented::new(routes(&ctx, &config), server_metrics);
@@ -272,6 +309,6 @@ fn routes(ctx: &Context, config: &ServeConfig) -> tonic::service::Routes {
             MaintenanceServer,
             etcd::maintenance::MaintenanceService(ctx.clone())
         ))
-        .add_service(svc!(AuthServer, etcd::unimplemented::AuthService))
+        .add_service(svc!(AuthServer, etcd::auth::AuthService(ctx.clone())))
         .prepare()
 }

@@ -13,6 +13,7 @@ mod keys;
 mod kubernetes;
 mod lease;
 mod maintenance;
+mod oracle;
 mod production;
 mod remote;
 mod shared_repo;

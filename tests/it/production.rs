@@ -145,6 +145,7 @@ impl Server {
             max_request_bytes: common::etcd::DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_interval: Duration::from_secs(5),
             pull: None,
+            ..common::server::ServeConfig::new(StoreConfig::with_repo(repo), Vec::new())
         };
         let listeners = common::server::Listeners {
             client: vec![(listener, https)],

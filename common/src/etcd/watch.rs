@@ -29,6 +29,7 @@ use crate::store::{KeyRange, RevisionEvents};
 /// etcd's texts for refused watch creations.
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+const PERMISSION_DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 /// Most revisions fetched for one catch-up step (etcd's watchBatchMaxRevs).
 const MAX_REVISIONS_PER_STEP: usize = 1000;
 /// Responses queued for one stream before its task waits for the client.
@@ -46,7 +47,13 @@ impl watch_server::Watch for WatchService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        let responses = watch_stream(self.ctx.clone(), request.into_inner(), self.progress_interval);
+        let credentials = super::Credentials::of(&request);
+        let responses = watch_stream(
+            self.ctx.clone(),
+            credentials,
+            request.into_inner(),
+            self.progress_interval,
+        );
         Ok(Response::new(Box::pin(responses)))
     }
 }
@@ -56,6 +63,7 @@ impl watch_server::Watch for WatchService {
 /// client goes away or the server stops.
 pub fn watch_stream(
     ctx: Context,
+    credentials: super::Credentials,
     inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     progress_interval: Duration,
 ) -> ReceiverStream<Result<WatchResponse, Status>> {
@@ -63,6 +71,7 @@ pub fn watch_stream(
     ctx.watch_gauges.streams.inc();
     let stream = WatchStream {
         ctx,
+        credentials,
         watchers: BTreeMap::new(),
         next_id: 0,
         progress_pending: false,
@@ -88,6 +97,9 @@ struct Watcher {
 
 struct WatchStream {
     ctx: Context,
+    /// Who opened the stream: each watcher's range is checked against the
+    /// user's permissions when it is created.
+    credentials: super::Credentials,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     /// A WatchProgressRequest waits until every watcher is synced.
@@ -192,6 +204,19 @@ impl WatchStream {
         } else {
             c.key.clone()
         };
+        if !self.permitted(&key, &c.range_end) {
+            // etcd puts the whole status text in the reason.
+            return self
+                .send(WatchResponse {
+                    header: self.ctx.header(current),
+                    watch_id: c.watch_id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: PERMISSION_DENIED.to_owned(),
+                    ..Default::default()
+                })
+                .await;
+        }
         let range = KeyRange::from_request(&key, &c.range_end);
         let refused = |reason: &str| WatchResponse {
             header: self.ctx.header(current),
@@ -242,6 +267,21 @@ impl WatchStream {
             ..Default::default()
         })
         .await
+    }
+
+    /// etcd's `isWatchPermitted`: read permission on the watched range, in
+    /// etcd's form (a `"\0"` end checks the key alone).
+    fn permitted(&self, key: &[u8], range_end: &[u8]) -> bool {
+        let Ok(who) = self.ctx.resolve(&self.credentials) else {
+            return false;
+        };
+        let end: &[u8] = if range_end == b"\0" { b"" } else { range_end };
+        self.ctx
+            .store
+            .snapshot()
+            .auth
+            .check_read(who.as_ref(), key, end)
+            .is_ok()
     }
 
     /// Brings every watcher up to the published revision, then answers a
@@ -446,9 +486,17 @@ mod tests {
                 identity: Arc::new(super::super::Identity::new("t", "refs/heads/main", Vec::new(), 1 << 20)),
                 stopping,
                 watch_gauges: Default::default(),
+                members: Default::default(),
+                authn: Default::default(),
+                quota_bytes: None,
             };
             let (requests, inbound) = mpsc::channel(16);
-            let responses = watch_stream(ctx, ReceiverStream::new(inbound), Duration::from_secs(3600));
+            let responses = watch_stream(
+                ctx,
+                Default::default(),
+                ReceiverStream::new(inbound),
+                Duration::from_secs(3600),
+            );
             Ok(Self {
                 _dir: dir,
                 _stop: stop,
