@@ -7,7 +7,9 @@ pub mod check;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+pub mod namespace;
 pub mod watch;
 
 use std::sync::{Arc, Mutex};
@@ -171,6 +173,8 @@ pub struct Context {
     pub authn: Arc<Authn>,
     /// Most bytes of live keys and values; `None`: no quota.
     pub quota_bytes: Option<i64>,
+    /// The key prefix this listener confines its clients to (empty: none).
+    pub namespace: namespace::Namespace,
 }
 
 impl Context {

@@ -25,6 +25,8 @@ use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::store::{StorageError, Store, StoreConfig};
 use crate::tls::{TlsConfig, TlsError};
 
@@ -56,6 +58,19 @@ pub struct ServeConfig {
     /// Most bytes of live keys and values (etcd's `--quota-backend-bytes`);
     /// `None`: no quota.
     pub quota_backend_bytes: Option<i64>,
+    /// The key prefix clients of `listen` are confined to (`--namespace`;
+    /// empty: none).
+    pub namespace: bytes::Bytes,
+    /// More listeners, each confined to its own prefix
+    /// (`--namespace-listen-urls PREFIX=URL[,URL]`).
+    pub tenants: Vec<Tenant>,
+}
+
+/// A namespace served on its own listeners.
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub prefix: bytes::Bytes,
+    pub listen: Vec<ListenUrl>,
 }
 
 impl ServeConfig {
@@ -75,6 +90,8 @@ impl ServeConfig {
             auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL,
             bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,
             quota_backend_bytes: Some(etcd::DEFAULT_QUOTA_BYTES),
+            namespace: bytes::Bytes::new(),
+            tenants: Vec::new(),
         }
     }
 }
@@ -110,6 +127,8 @@ pub fn check_tls(urls: &[ListenUrl], tls: Option<&TlsConfig>) -> Result<(), Stri
 pub struct Listeners {
     pub client: Vec<(TcpListener, bool)>,
     pub metrics: Vec<(TcpListener, bool)>,
+    /// Each tenant's prefix and listeners, in the config's order.
+    pub tenants: Vec<(bytes::Bytes, Vec<(TcpListener, bool)>)>,
 }
 
 /// Binds every listen address; fails on the first that cannot be bound.
@@ -124,9 +143,14 @@ pub async fn bind(config: &ServeConfig) -> Result<Listeners, ServeError> {
         }
         Ok(out)
     }
+    let mut tenants = Vec::new();
+    for t in &config.tenants {
+        tenants.push((t.prefix.clone(), all(&t.listen).await?));
+    }
     Ok(Listeners {
         client: all(&config.listen).await?,
         metrics: all(&config.listen_metrics).await?,
+        tenants,
     })
 }
 
@@ -182,13 +206,32 @@ pub async fn serve(
             config.tls.as_ref().is_some_and(|t| t.client_cert_auth),
         )),
         quota_bytes: config.quota_backend_bytes,
+        namespace: etcd::namespace::Namespace::new(config.namespace.clone()),
     };
     let admin = endpoints::admin(&store, registry, server_metrics.clone(), draining.clone());
-    let grpc = metrics::Instrumented::new(routes(&ctx, &config), server_metrics);
+    let grpc = metrics::Instrumented::new(routes(&ctx, &config), server_metrics.clone());
+    let mut client_listeners: Vec<_> = listeners
+        .client
+        .into_iter()
+        .map(|(l, https)| (l, https, grpc.clone(), config.namespace.clone()))
+        .collect();
+    for (prefix, tenant) in listeners.tenants {
+        let ctx = Context {
+            namespace: etcd::namespace::Namespace::new(prefix.clone()),
+            ..ctx.clone()
+        };
+        let grpc = metrics::Instrumented::new(routes(&ctx, &config), server_metrics.clone());
+        client_listeners.extend(
+            tenant
+                .into_iter()
+                .map(|(l, https)| (l, https, grpc.clone(), prefix.clone())),
+        );
+    }
     let mut servers = tokio::task::JoinSet::new();
-    for (listener, https) in listeners.client {
+    for (listener, https, grpc, namespace) in client_listeners {
         let addr = local(&listener)?;
-        tracing::info!(%addr, tls = https, "serving etcd v3 gRPC and /health, /livez, /readyz, /version, /metrics");
+        let namespace = crate::keys::escape(&namespace);
+        tracing::info!(%addr, tls = https, %namespace, "serving etcd v3 gRPC and /health, /livez, /readyz, /version, /metrics");
         let service = ClientService {
             grpc: grpc.clone(),
             admin: Arc::new(admin.clone()),
@@ -310,5 +353,7 @@ fn routes(ctx: &Context, config: &ServeConfig) -> tonic::service::Routes {
             etcd::maintenance::MaintenanceService(ctx.clone())
         ))
         .add_service(svc!(AuthServer, etcd::auth::AuthService(ctx.clone())))
+        .add_service(svc!(LockServer, etcd::lock::LockService(ctx.clone())))
+        .add_service(svc!(ElectionServer, etcd::lock::ElectionService(ctx.clone())))
         .prepare()
 }

@@ -405,7 +405,7 @@ struct Shared {
     /// Why the last group failed, until one succeeds.
     failure: std::sync::Mutex<Option<String>>,
     /// The objects' size on disk, tracked (no walk per call).
-    usage: crate::repo::usage::DiskUsage,
+    usage: Arc<crate::repo::usage::DiskUsage>,
     /// Asks the pack maintainer for a consolidation (Defragment).
     packs: crate::repo::maintenance::MaintenanceHandle,
 }
@@ -431,7 +431,8 @@ impl Store {
         let repo = Repo::open_or_init(&config.repo)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_DEPTH);
         let mut loaded = writer::Writer::open(&repo, &config)?;
-        let usage = crate::repo::usage::DiskUsage::track(repo.git_dir());
+        let usage = Arc::new(crate::repo::usage::DiskUsage::track(repo.git_dir()));
+        loaded.objects.count_in(usage.clone());
         let snapshot = loaded.snapshot();
         let mut window = events::Window::new(config.history_window);
         for e in loaded.take_events() {
@@ -501,7 +502,7 @@ impl Store {
 
     /// Size of the repository's objects on disk in bytes: a running count
     /// that follows what gitcd and others write and delete (no directory
-    /// walk per call).
+    /// walk per call), and includes every acknowledged write.
     pub fn db_size(&self) -> i64 {
         self.shared.usage.bytes()
     }

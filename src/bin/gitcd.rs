@@ -23,11 +23,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the etcd v3 API from the repository.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Build or catch up metadata for the data ref's history (same as gitcd-init).
     Init(InitArgs),
     /// Merge participants' branches into one branch and push it (same as gitcd-pull).
-    Pull(trishanku::cli::pull::PullArgs),
+    Pull(Box<trishanku::cli::pull::PullArgs>),
     /// Make a new repository from a snapshot (`etcdctl snapshot save`'s file, or the Git bundle it holds).
     Restore(RestoreArgs),
     /// Print gitcd's version and the etcd version it reports.
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         }
         Command::Init(args) => trishanku::cli::store::run_init(&args.store),
         Command::Pull(args) => trishanku::cli::pull::run(&args),
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Restore(args) => restore(args),
     }
 }

@@ -68,6 +68,16 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     pub quota_backend_bytes: i64,
+    /// Confine the clients of --listen-urls to keys under this prefix, which they do not see (etcd grpc-proxy's --namespace).
+    #[arg(long, env = "GITCD_NAMESPACE", default_value = "")]
+    pub namespace: String,
+    /// PREFIX=URL[,URL]: serve another namespace on its own URLs; repeatable (in the environment, separated by ';').
+    #[arg(
+        long = "namespace-listen-urls",
+        env = "GITCD_NAMESPACE_LISTEN_URLS",
+        value_delimiter = ';'
+    )]
+    pub namespace_listen_urls: Vec<String>,
 }
 
 impl ServeArgs {
@@ -135,6 +145,25 @@ impl ServeArgs {
             0 => Some(common::etcd::DEFAULT_QUOTA_BYTES),
             q => Some(q),
         };
+        let mut tenants = Vec::new();
+        for spec in self.namespace_listen_urls.iter().filter(|s| !s.trim().is_empty()) {
+            let (prefix, urls) = spec
+                .split_once('=')
+                .ok_or_else(|| format!("--namespace-listen-urls {spec:?}: must be PREFIX=URL[,URL]"))?;
+            if prefix.is_empty() {
+                return Err(format!("--namespace-listen-urls {spec:?}: the prefix is empty"));
+            }
+            let listen =
+                common::http::parse_urls(urls).map_err(|e| format!("--namespace-listen-urls {spec:?}: {e}"))?;
+            if listen.is_empty() {
+                return Err(format!("--namespace-listen-urls {spec:?}: no URL given"));
+            }
+            common::server::check_tls(&listen, tls.as_ref())?;
+            tenants.push(common::server::Tenant {
+                prefix: prefix.as_bytes().to_vec().into(),
+                listen,
+            });
+        }
         let advertise = self.advertise_client_urls.as_deref().unwrap_or(&self.listen_urls);
         Ok(common::server::ServeConfig {
             store,
@@ -153,6 +182,8 @@ impl ServeArgs {
             auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost,
             quota_backend_bytes: quota,
+            namespace: self.namespace.as_bytes().to_vec().into(),
+            tenants,
         })
     }
 }

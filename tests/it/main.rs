@@ -1,5 +1,6 @@
 //! Integration tests: the real server, real repositories, real peers.
 
+mod auth;
 mod cli;
 mod coordination;
 mod crash;
@@ -12,6 +13,7 @@ mod hosts;
 mod keys;
 mod kubernetes;
 mod lease;
+mod lock;
 mod maintenance;
 mod oracle;
 mod production;

@@ -5,11 +5,11 @@
 use anyhow::Result;
 use bytes::Bytes;
 use common::proto::etcdserverpb::{
-    AlarmRequest, AlarmType, CompactionRequest, DefragmentRequest, DeleteRangeRequest, DowngradeRequest,
-    HashKvRequest, HashRequest, LeaseGrantRequest, MemberAddRequest, MemberListRequest, MemberPromoteRequest,
-    MemberRemoveRequest, MemberUpdateRequest, MoveLeaderRequest, PutRequest, RangeRequest, RequestOp, StatusRequest,
-    TxnRequest, alarm_request::AlarmAction, cluster_client::ClusterClient, downgrade_request::DowngradeAction,
-    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient, request_op,
+    AlarmRequest, AlarmType, CompactionRequest, DefragmentRequest, DeleteRangeRequest, DowngradeRequest, HashKvRequest,
+    HashRequest, LeaseGrantRequest, MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+    MemberUpdateRequest, MoveLeaderRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
+    alarm_request::AlarmAction, cluster_client::ClusterClient, downgrade_request::DowngradeAction, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, request_op,
 };
 
 use crate::oracle::{Pair, Side, render};
@@ -46,7 +46,11 @@ async fn status_errors(s: Side) -> String {
 async fn single_member_cluster_answers_match_etcd() -> Result<()> {
     let pair = Pair::start(&[]).await?;
     pair.agree("MemberRemove of an unknown member", |s| async move {
-        render(ClusterClient::new(s.channel).member_remove(MemberRemoveRequest { id: 1234 }).await)
+        render(
+            ClusterClient::new(s.channel)
+                .member_remove(MemberRemoveRequest { id: 1234 })
+                .await,
+        )
     })
     .await?;
     pair.agree("MemberRemove of the only member", |s| async move {
@@ -57,17 +61,17 @@ async fn single_member_cluster_answers_match_etcd() -> Result<()> {
         )
     })
     .await?;
-    pair.agree("MemberUpdate of an unknown member", |s| async move {
-        render(
-            ClusterClient::new(s.channel)
-                .member_update(MemberUpdateRequest {
-                    id: 1234,
-                    peer_ur_ls: vec!["http://127.0.0.1:1".into()],
-                })
-                .await,
-        )
-    })
-    .await?;
+    // MemberUpdate of an unknown member: etcd 3.5.1 (the oracle) never
+    // answers it (its raft change is refused and the request waits until
+    // the client gives up); gitcd answers etcd's error for a member that is
+    // not there, as later etcd releases do. Not sent to the oracle.
+    let unknown = ClusterClient::new(pair.ours.channel.clone())
+        .member_update(MemberUpdateRequest {
+            id: 1234,
+            peer_ur_ls: vec!["http://127.0.0.1:1".into()],
+        })
+        .await;
+    assert_eq!(render(unknown), "error NotFound: etcdserver: member not found");
     for id in [None, Some(1234)] {
         pair.agree("MemberPromote", |s| async move {
             render(
@@ -100,11 +104,6 @@ async fn single_member_cluster_answers_match_etcd() -> Result<()> {
         (DowngradeAction::Validate as i32, "three"),
         (DowngradeAction::Cancel as i32, ""),
         (DowngradeAction::Enable as i32, "3.3"),
-        (DowngradeAction::Enable as i32, "3.4"),
-        (DowngradeAction::Validate as i32, "3.4"),
-        (DowngradeAction::Enable as i32, "3.4"),
-        (DowngradeAction::Cancel as i32, ""),
-        (DowngradeAction::Cancel as i32, ""),
         (7, "3.4"),
     ];
     for (action, version) in downgrades {
@@ -119,6 +118,39 @@ async fn single_member_cluster_answers_match_etcd() -> Result<()> {
             render(r)
         })
         .await?;
+    }
+    // A downgrade enabled, then cancelled: etcd 3.5.1 (the oracle) times
+    // out on ENABLE (`etcdserver: request timed out`), so these answers are
+    // checked on gitcd alone, against etcd 3.5's texts.
+    let enabled = [
+        (DowngradeAction::Enable, "3.4", "DowngradeResponse"),
+        (
+            DowngradeAction::Validate,
+            "3.4",
+            "error FailedPrecondition: etcdserver: cluster has a downgrade job in progress",
+        ),
+        (
+            DowngradeAction::Enable,
+            "3.4",
+            "error FailedPrecondition: etcdserver: cluster has a downgrade job in progress",
+        ),
+        (DowngradeAction::Cancel, "", "DowngradeResponse"),
+        (
+            DowngradeAction::Cancel,
+            "",
+            "error FailedPrecondition: etcdserver: no inflight downgrade job",
+        ),
+    ];
+    for (action, version, want) in enabled {
+        let got = render(
+            MaintenanceClient::new(pair.ours.channel.clone())
+                .downgrade(DowngradeRequest {
+                    action: action as i32,
+                    version: version.into(),
+                })
+                .await,
+        );
+        assert!(got.starts_with(want), "Downgrade {action:?} {version}: {got}");
     }
     // A peer URL update of the member itself is recorded.
     let listed = pair
@@ -212,7 +244,11 @@ async fn alarms_match_etcd() -> Result<()> {
                     })
                     .await,
                 ),
-                render(LeaseClient::new(s.channel.clone()).lease_grant(LeaseGrantRequest { ttl: 60, id: 9 }).await),
+                render(
+                    LeaseClient::new(s.channel.clone())
+                        .lease_grant(LeaseGrantRequest { ttl: 60, id: 9 })
+                        .await,
+                ),
             ];
             out.push(status_errors(s).await);
             out.join("\n")
@@ -304,7 +340,11 @@ async fn hashes_and_defragment() -> Result<()> {
     }
     for revision in [0, 2, 3, 4, 5, 6, -1] {
         pair.agree(&format!("HashKV {revision}"), |s| async move {
-            render(MaintenanceClient::new(s.channel).hash_kv(HashKvRequest { revision }).await)
+            render(
+                MaintenanceClient::new(s.channel)
+                    .hash_kv(HashKvRequest { revision })
+                    .await,
+            )
         })
         .await?;
     }
@@ -356,7 +396,10 @@ async fn quota_raises_nospace() -> Result<()> {
         .expect_err("past the quota");
     assert_eq!(
         (s.code(), s.message()),
-        (tonic::Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded")
+        (
+            tonic::Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded"
+        )
     );
     let alarms = m.alarm(AlarmRequest::default()).await?.into_inner().alarms;
     assert_eq!(alarms.len(), 1);
@@ -397,7 +440,12 @@ async fn quota_raises_nospace() -> Result<()> {
     let gitcd = Gitcd::start(&dir.path().join("repo")).await?;
     let mut c = gitcd.client().await?;
     assert_eq!(
-        c.maintenance.alarm(AlarmRequest::default()).await?.into_inner().alarms.len(),
+        c.maintenance
+            .alarm(AlarmRequest::default())
+            .await?
+            .into_inner()
+            .alarms
+            .len(),
         1,
         "the NOSPACE alarm is kept across a restart"
     );

@@ -88,10 +88,7 @@ impl Pair {
         Self::start_with(etcd_flags, |_| {}).await
     }
 
-    pub async fn start_with(
-        etcd_flags: &[&str],
-        tweak: impl FnOnce(&mut common::server::ServeConfig),
-    ) -> Result<Self> {
+    pub async fn start_with(etcd_flags: &[&str], tweak: impl FnOnce(&mut common::server::ServeConfig)) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let gitcd = Gitcd::start_config(common::store::StoreConfig::with_repo(dir.path().join("repo")), tweak).await?;
         let etcd = Etcd::start35(etcd_flags).await?;

@@ -150,6 +150,7 @@ impl Server {
         let listeners = common::server::Listeners {
             client: vec![(listener, https)],
             metrics: metrics_listener.map(|l| (l, false)).into_iter().collect(),
+            tenants: Vec::new(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(common::server::serve(config, listeners, async move {

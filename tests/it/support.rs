@@ -108,6 +108,7 @@ impl Gitcd {
         let listeners = common::server::Listeners {
             client: vec![(listener, false)],
             metrics: Vec::new(),
+            tenants: Vec::new(),
         };
         let task = tokio::spawn(common::server::serve(config, listeners, async move {
             let _ = rx.await;
@@ -257,16 +258,28 @@ pub fn etcd35_bin(name: &str) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
-/// Runs etcdctl 3.5 against `endpoint` with `args`; answers its exit
-/// status, stdout and stderr.
-pub fn etcdctl35_run(endpoint: &str, args: &[&str]) -> Result<(bool, String, String)> {
-    let out = Command::new(etcdctl35()?)
+/// Runs etcdctl 3.5 against `endpoint` with `args`, `env` added to its
+/// environment and `stdin` as its input; answers its exit status, stdout
+/// and stderr.
+pub fn etcdctl35_run(
+    endpoint: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> Result<(bool, String, String)> {
+    use std::io::Write as _;
+    let mut child = Command::new(etcdctl35()?)
         .arg(format!("--endpoints={endpoint}"))
         .arg("--dial-timeout=5s")
         .arg("--command-timeout=10s")
         .args(args)
-        .stdin(Stdio::null())
-        .output()?;
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -283,7 +296,11 @@ pub fn etcdctl_ok(addr: SocketAddr, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// Runs `git -C dir args…`, which must succeed; returns stdout.
+/// Runs `git -C dir args…`, which must succeed; returns stdout. The
+/// `gc --auto` that pushes and fetches start runs in the foreground, so a
+/// test's next git command never races a detached gc (git's own race, not
+/// gitcd's: `gc is already running`, or a loose object's directory pruned
+/// under a concurrent fetch).
 pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new("git")
         .arg("-C")
@@ -294,6 +311,9 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
         .env("GIT_COMMITTER_NAME", "tester")
         .env("GIT_COMMITTER_EMAIL", "tester@example.com")
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "gc.autoDetach")
+        .env("GIT_CONFIG_VALUE_0", "false")
         .env("HOME", dir)
         .output()?;
     if !out.status.success() {

@@ -104,12 +104,15 @@ impl kv_server::Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         check::range(request.get_ref())?;
         let who = self.0.who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        let ns = &self.0.namespace;
+        ns.range(&mut req);
         let auth = self.0.store.snapshot().auth.clone();
         auth.check_read(who.as_ref(), &req.key, &req.range_end)
             .map_err(auth_status)?;
         let mut resp = self.0.store.range(req).await.map_err(status)?;
         self.recheck(&who)?;
+        resp.kvs.iter_mut().for_each(|kv| ns.strip_kv(kv));
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -118,8 +121,10 @@ impl kv_server::Kv for KvService {
         self.0.check_quota(put_cost(request.get_ref())).await?;
         check::put(request.get_ref())?;
         let who = self.0.who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         self.0.check_size(req.encoded_len())?;
+        let ns = &self.0.namespace;
+        ns.put(&mut req);
         let auth = self.0.store.snapshot().auth.clone();
         auth.check_write(who.as_ref(), &req.key, b"").map_err(auth_status)?;
         check_lease_keys(&self.0, who.as_ref(), req.lease)?;
@@ -127,6 +132,7 @@ impl kv_server::Kv for KvService {
             auth.check_read(who.as_ref(), &req.key, b"").map_err(auth_status)?;
         }
         let mut resp = self.0.store.put_as(req, self.guard(&who)).await.map_err(status)?;
+        resp.prev_kv.iter_mut().for_each(|kv| ns.strip_kv(kv));
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -137,8 +143,10 @@ impl kv_server::Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         check::delete_range(request.get_ref())?;
         let who = self.0.who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         self.0.check_size(req.encoded_len())?;
+        let ns = &self.0.namespace;
+        ns.delete(&mut req);
         let auth = self.0.store.snapshot().auth.clone();
         auth.check_write(who.as_ref(), &req.key, &req.range_end)
             .map_err(auth_status)?;
@@ -152,6 +160,7 @@ impl kv_server::Kv for KvService {
             .delete_range_as(req, self.guard(&who))
             .await
             .map_err(status)?;
+        resp.prev_kvs.iter_mut().for_each(|kv| ns.strip_kv(kv));
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -163,18 +172,21 @@ impl kv_server::Kv for KvService {
         }
         check::txn(request.get_ref())?;
         let who = self.0.who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         // etcd serves read-only txns without proposing them: no size check
         // (and the store answers them without waiting behind writes).
         if !read_only {
             self.0.check_size(req.encoded_len())?;
         }
+        let ns = &self.0.namespace;
+        ns.txn(&mut req);
         let auth = self.0.store.snapshot().auth.clone();
         check_txn(&auth, who.as_ref(), &req)?;
         let mut resp = self.0.store.txn_as(req, self.guard(&who)).await.map_err(status)?;
         if read_only {
             self.recheck(&who)?;
         }
+        ns.txn_response(&mut resp);
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

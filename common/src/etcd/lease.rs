@@ -106,7 +106,14 @@ impl lease_server::Lease for LeaseService {
                 id: req.id,
                 ttl,
                 granted_ttl,
-                keys: if req.keys { keys } else { Vec::new() },
+                // Behind a namespace: only its keys, without the prefix (as
+                // etcd's namespace proxy answers).
+                keys: if req.keys {
+                    let ns = &self.0.namespace;
+                    keys.iter().filter(|k| ns.contains(k)).map(|k| ns.strip(k)).collect()
+                } else {
+                    Vec::new()
+                },
             },
             None => LeaseTimeToLiveResponse {
                 header,

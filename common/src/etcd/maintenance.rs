@@ -100,9 +100,8 @@ impl maintenance_server::Maintenance for MaintenanceService {
         if !self.0.store.defragment().await.map_err(status)? {
             tracing::info!("defragment: another process maintains this repository's packs; nothing to do here");
         }
-        Ok(Response::new(DefragmentResponse {
-            header: self.0.header(self.0.store.snapshot().revision),
-        }))
+        // etcd answers Defragment without a header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -129,6 +128,10 @@ impl maintenance_server::Maintenance for MaintenanceService {
 
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         self.admin(&request)?;
+        if !self.0.namespace.is_empty() {
+            // A snapshot holds every tenant's keys: not for a namespace.
+            return Err(super::auth_status(crate::auth::AuthError::PermissionDenied));
+        }
         let snapshot = self.0.store.snapshot_bundle().await.map_err(status)?;
         tracing::info!(
             bytes = snapshot.len,

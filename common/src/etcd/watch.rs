@@ -84,6 +84,8 @@ pub fn watch_stream(
 
 struct Watcher {
     range: KeyRange,
+    /// The listener's namespace: events' keys lose its prefix.
+    ns: super::namespace::Namespace,
     /// The next revision this watcher needs.
     next: i64,
     prev_kv: bool,
@@ -199,12 +201,17 @@ impl WatchStream {
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
         let current = self.current();
-        let key = if c.key.is_empty() {
-            Bytes::from_static(b"\0")
+        let ns = self.ctx.namespace.clone();
+        let (key, range_end) = if !ns.is_empty() {
+            // As etcd's namespace proxy: the key (even empty) and the end
+            // go through the prefix.
+            (ns.key(&c.key), ns.end(&c.range_end))
+        } else if c.key.is_empty() {
+            (Bytes::from_static(b"\0"), c.range_end.clone())
         } else {
-            c.key.clone()
+            (c.key.clone(), c.range_end.clone())
         };
-        if !self.permitted(&key, &c.range_end) {
+        if !self.permitted(&key, &range_end) {
             // etcd puts the whole status text in the reason.
             return self
                 .send(WatchResponse {
@@ -217,7 +224,7 @@ impl WatchStream {
                 })
                 .await;
         }
-        let range = KeyRange::from_request(&key, &c.range_end);
+        let range = KeyRange::from_request(&key, &range_end);
         let refused = |reason: &str| WatchResponse {
             header: self.ctx.header(current),
             watch_id: -1,
@@ -247,6 +254,7 @@ impl WatchStream {
             id,
             Watcher {
                 range,
+                ns,
                 next: if c.start_revision == 0 {
                     current + 1
                 } else {
@@ -395,12 +403,13 @@ impl Watcher {
                 if !self.range.contains(&c.key) {
                     continue;
                 }
+                let key = self.ns.strip(&c.key);
                 let (kind, kv) = match &c.new {
-                    Some(kv) => (EventType::Put, kv.to_proto(&c.key)),
+                    Some(kv) => (EventType::Put, kv.to_proto(&key)),
                     None => (
                         EventType::Delete,
                         KeyValue {
-                            key: c.key.clone(),
+                            key: key.clone(),
                             mod_revision: r.revision,
                             ..Default::default()
                         },
@@ -412,7 +421,7 @@ impl Watcher {
                 // etcd reads the previous value at revision - 1, which a
                 // compaction may have removed.
                 let prev_kv = match &c.prev {
-                    Some(p) if self.prev_kv && r.revision > compact => Some(p.to_proto(&c.key)),
+                    Some(p) if self.prev_kv && r.revision > compact => Some(p.to_proto(&key)),
                     _ => None,
                 };
                 out.push(Event {
@@ -489,6 +498,7 @@ mod tests {
                 members: Default::default(),
                 authn: Default::default(),
                 quota_bytes: None,
+                namespace: Default::default(),
             };
             let (requests, inbound) = mpsc::channel(16);
             let responses = watch_stream(

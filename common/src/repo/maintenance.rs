@@ -126,6 +126,8 @@ impl Default for Counters {
 /// that folds and consolidates them.
 pub struct Packs {
     pack_dir: PathBuf,
+    /// Told of each pack written, before the write is acknowledged.
+    usage: Option<Arc<super::usage::DiskUsage>>,
     bytes_written: AtomicU64,
     counters: Counters,
     /// Group packs written and not folded yet: consolidations leave them alone.
@@ -179,6 +181,7 @@ impl Packs {
         });
         Self {
             pack_dir,
+            usage: None,
             bytes_written: AtomicU64::new(0),
             counters,
             unfolded,
@@ -210,6 +213,11 @@ impl Packs {
         self.folder.is_some()
     }
 
+    /// Counts every pack written from now on in `usage`.
+    pub fn count_in(&mut self, usage: Arc<super::usage::DiskUsage>) {
+        self.usage = Some(usage);
+    }
+
     /// Writes `pack` durably; its objects are then visible to readers.
     pub fn write(&self, mut pack: PackBuilder) -> Result<(), RepoError> {
         if pack.is_empty() {
@@ -218,6 +226,9 @@ impl Packs {
         fs::create_dir_all(&self.pack_dir).map_err(io_err(&self.pack_dir))?;
         let path = pack.finish(&self.pack_dir)?;
         self.bytes_written.fetch_add(pack.len() as u64, Ordering::Relaxed);
+        if let Some(usage) = &self.usage {
+            usage.note(&[path.clone(), path.with_extension("idx")]);
+        }
         if let Some(thread) = &self.folder {
             self.unfolded
                 .lock()

@@ -111,6 +111,12 @@ impl ObjectWriter {
         self.packs.maintains()
     }
 
+    /// Counts every pack written from now on in `usage` (see
+    /// [`super::usage::DiskUsage::note`]).
+    pub fn count_in(&mut self, usage: std::sync::Arc<super::usage::DiskUsage>) {
+        self.packs.count_in(usage);
+    }
+
     /// Whether objects await [`ObjectWriter::sync`].
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()

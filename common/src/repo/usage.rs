@@ -1,19 +1,20 @@
 //! How much disk the repository's objects take, as a running total: the
 //! object directory is walked once, then inotify says which directories
-//! changed (gitcd's packs, and what `git fetch`, `git push`, `git gc` or a
+//! changed (what `git fetch`, `git push`, `git gc`, pack maintenance or a
 //! person add or remove) and a background thread lists just those again,
-//! so reading the size is an atomic load, never a walk. Without inotify, a
-//! background walk every minute keeps it close.
+//! so reading the size never walks. The packs gitcd writes are counted by
+//! the writer itself ([`DiskUsage::note`]) before the write is
+//! acknowledged, so a Status after a Put always includes it. Without
+//! inotify, a background walk every minute keeps the rest close.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The objects' size on disk.
 pub struct DiskUsage {
-    total: Arc<AtomicI64>,
+    tally: Arc<Mutex<Tally>>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -23,19 +24,45 @@ const FALLBACK_WALK: Duration = Duration::from_secs(60);
 /// group's pack makes four events).
 const SETTLE: Duration = Duration::from_millis(50);
 
-/// Files by directory.
-type Sizes = HashMap<PathBuf, HashMap<PathBuf, u64>>;
+/// The size of every file, by directory, and their sum.
+#[derive(Default)]
+struct Tally {
+    sizes: HashMap<PathBuf, HashMap<PathBuf, u64>>,
+    total: u64,
+}
+
+impl Tally {
+    fn insert(&mut self, file: PathBuf, len: u64) {
+        let dir = file.parent().map(Path::to_owned).unwrap_or_default();
+        let old = self.sizes.entry(dir).or_default().insert(file, len);
+        self.total = self.total - old.unwrap_or(0) + len;
+    }
+
+    /// Lists directory `dir` again (and what is below it, when it is new
+    /// or went): its files' sizes replace what was known of it.
+    fn rescan(&mut self, dir: &Path) {
+        let mut gone = 0;
+        self.sizes.retain(|d, files| {
+            let keep = !d.starts_with(dir);
+            if !keep {
+                gone += files.values().sum::<u64>();
+            }
+            keep
+        });
+        self.total -= gone;
+        for (file, len) in walk(dir) {
+            self.insert(file, len);
+        }
+    }
+}
 
 impl DiskUsage {
     /// Starts tracking the objects of the repository at `git_dir`.
     pub fn track(git_dir: &Path) -> Self {
         let objects = git_dir.join("objects");
-        let mut sizes: Sizes = HashMap::new();
-        for (file, len) in walk(&objects) {
-            let dir = file.parent().map(Path::to_owned).unwrap_or_default();
-            sizes.entry(dir).or_default().insert(file, len);
-        }
-        let total = Arc::new(AtomicI64::new(sum(&sizes)));
+        let mut tally = Tally::default();
+        tally.rescan(&objects);
+        let tally = Arc::new(Mutex::new(tally));
         let (dirty_tx, dirty_rx) = std::sync::mpsc::channel::<PathBuf>();
         let watcher = watch(&objects, move |paths| {
             for p in paths {
@@ -51,9 +78,8 @@ impl DiskUsage {
         if let Err(e) = &watcher {
             tracing::info!(error = %e, "cannot watch the object directory; its size is recounted every minute");
         }
-        let weak = Arc::downgrade(&total);
+        let weak = Arc::downgrade(&tally);
         let spawned = std::thread::Builder::new().name("gitcd-usage".into()).spawn(move || {
-            let mut sizes = sizes;
             loop {
                 let mut dirty = std::collections::HashSet::new();
                 if watching {
@@ -68,42 +94,39 @@ impl DiskUsage {
                 } else {
                     std::thread::sleep(FALLBACK_WALK);
                     dirty.insert(objects.clone());
-                    sizes.clear();
                 }
-                let Some(total) = weak.upgrade() else { return };
+                let Some(tally) = weak.upgrade() else { return };
+                let mut tally = tally.lock().expect("usage lock is never poisoned");
                 for d in dirty {
-                    rescan(&mut sizes, &d);
+                    tally.rescan(&d);
                 }
-                total.store(sum(&sizes), Ordering::Relaxed);
             }
         });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start the thread that counts the object directory");
         }
         Self {
-            total,
+            tally,
             _watcher: watcher.ok(),
+        }
+    }
+
+    /// Counts `files`, just written, now (their notifications may come
+    /// later; counting a file twice changes nothing).
+    pub fn note(&self, files: &[PathBuf]) {
+        let mut tally = self.tally.lock().expect("usage lock is never poisoned");
+        for f in files {
+            if let Ok(m) = std::fs::metadata(f) {
+                tally.insert(f.clone(), m.len());
+            }
         }
     }
 
     /// Bytes on disk now.
     pub fn bytes(&self) -> i64 {
-        self.total.load(Ordering::Relaxed).max(0)
+        let total = self.tally.lock().expect("usage lock is never poisoned").total;
+        i64::try_from(total).unwrap_or(i64::MAX)
     }
-}
-
-/// Lists directory `dir` again (and what is below it, when it is new or
-/// went): its files' sizes replace what was known of it.
-fn rescan(sizes: &mut Sizes, dir: &Path) {
-    sizes.retain(|d, _| !d.starts_with(dir));
-    for (file, len) in walk(dir) {
-        let parent = file.parent().map(Path::to_owned).unwrap_or_default();
-        sizes.entry(parent).or_default().insert(file, len);
-    }
-}
-
-fn sum(sizes: &Sizes) -> i64 {
-    i64::try_from(sizes.values().flat_map(|f| f.values()).sum::<u64>()).unwrap_or(i64::MAX)
 }
 
 /// Every file below `dir`, with its size.
@@ -160,6 +183,22 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(usage.bytes(), 800);
+        Ok(())
+    }
+
+    /// What the writer notes counts at once, and once.
+    #[test]
+    fn noted_files_count_at_once() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let usage = DiskUsage::track(dir.path());
+        let pack = dir.path().join("objects/pack/c.pack");
+        std::fs::create_dir_all(pack.parent().expect("a parent"))?;
+        std::fs::write(&pack, vec![0; 700])?;
+        usage.note(std::slice::from_ref(&pack));
+        assert_eq!(usage.bytes(), 700);
+        usage.note(&[pack]);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(usage.bytes(), 700);
         Ok(())
     }
 }
