@@ -15,6 +15,7 @@ mod kubernetes;
 mod lease;
 mod lock;
 mod maintenance;
+mod namespace;
 mod oracle;
 mod production;
 mod remote;

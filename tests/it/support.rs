@@ -71,6 +71,9 @@ impl Client {
 /// gitcd served in this process on 127.0.0.1:0.
 pub struct Gitcd {
     pub addr: SocketAddr,
+    /// The addresses of the config's tenants (`tenants`), in order, each
+    /// asked for as 127.0.0.1:0.
+    pub tenants: Vec<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), common::server::ServeError>>>,
 }
@@ -104,11 +107,18 @@ impl Gitcd {
         config.watch_progress_interval = Duration::from_millis(300);
         config.bcrypt_cost = 4;
         tweak(&mut config);
+        let mut tenants = Vec::new();
+        let mut tenant_addrs = Vec::new();
+        for t in &config.tenants {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            tenant_addrs.push(l.local_addr()?);
+            tenants.push((t.prefix.clone(), vec![(l, false)]));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let listeners = common::server::Listeners {
             client: vec![(listener, false)],
             metrics: Vec::new(),
-            tenants: Vec::new(),
+            tenants,
         };
         let task = tokio::spawn(common::server::serve(config, listeners, async move {
             let _ = rx.await;
@@ -116,6 +126,7 @@ impl Gitcd {
         Client::ready(addr).await?;
         Ok(Self {
             addr,
+            tenants: tenant_addrs,
             stop: Some(tx),
             task: Some(task),
         })
@@ -204,6 +215,45 @@ impl Etcd {
         let etcd = Self { addr, child, _dir: dir };
         Client::ready(addr).await?;
         Ok(etcd)
+    }
+}
+
+/// etcd 3.5's `grpc-proxy start --namespace` in front of an etcd.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub async fn start(etcd: SocketAddr, namespace: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.path().join("proxy.log"))?;
+        let child = Command::new(etcd35_bin("etcd")?)
+            .args([
+                "grpc-proxy",
+                "start",
+                &format!("--endpoints={etcd}"),
+                &format!("--listen-addr=127.0.0.1:{port}"),
+                &format!("--namespace={namespace}"),
+                &format!("--data-dir={}", dir.path().join("proxy").display()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd grpc-proxy")?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let proxy = Self { addr, child, _dir: dir };
+        Client::ready(addr).await?;
+        Ok(proxy)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -80,6 +80,15 @@ pub fn check_txn(auth: &AuthState, who: Option<&AuthInfo>, t: &TxnRequest) -> Re
     Ok(())
 }
 
+/// etcd's namespace proxy refuses an empty key in its client, before
+/// etcd sees it: a plain error, which gRPC sends with code Unknown.
+fn namespaced_empty_key(ctx: &Context, key: &[u8]) -> Result<(), Status> {
+    if !ctx.namespace.is_empty() && key.is_empty() {
+        return Err(Status::unknown(check::EMPTY_KEY));
+    }
+    Ok(())
+}
+
 impl KvService {
     /// The auth revision a write's permissions were checked at, while auth
     /// is on.
@@ -102,6 +111,7 @@ impl KvService {
 #[tonic::async_trait]
 impl kv_server::Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        namespaced_empty_key(&self.0, &request.get_ref().key)?;
         check::range(request.get_ref())?;
         let who = self.0.who(&request)?;
         let mut req = request.into_inner();
@@ -119,6 +129,7 @@ impl kv_server::Kv for KvService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         self.0.check_quota(put_cost(request.get_ref())).await?;
+        namespaced_empty_key(&self.0, &request.get_ref().key)?;
         check::put(request.get_ref())?;
         let who = self.0.who(&request)?;
         let mut req = request.into_inner();
@@ -141,6 +152,7 @@ impl kv_server::Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        namespaced_empty_key(&self.0, &request.get_ref().key)?;
         check::delete_range(request.get_ref())?;
         let who = self.0.who(&request)?;
         let mut req = request.into_inner();
