@@ -20,6 +20,7 @@ mod oracle;
 mod production;
 mod remote;
 mod shared_repo;
+mod snapshot;
 mod support;
 mod walkthrough;
 mod watch;
