@@ -118,6 +118,22 @@ async fn lock_matches_etcd() -> Result<()> {
     Ok(())
 }
 
+/// etcdctl 3.5's `lock` (the client's own recipe over KV) runs a command
+/// holding the lock, on gitcd as on etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcdctl_lock_matches_etcd() -> Result<()> {
+    let pair = Pair::start(&[]).await?;
+    pair.agree("etcdctl lock", |s| async move {
+        match crate::support::etcdctl35_run(&s.endpoint, &["lock", "job", "echo", "held"], &[], "") {
+            Ok((ok, out, err)) => format!("ok {ok}\n{out}{err}"),
+            Err(e) => format!("cannot run etcdctl: {e}"),
+        }
+    })
+    .await?;
+    pair.gitcd.stop().await?;
+    Ok(())
+}
+
 /// Election: no leader; a campaign wins at once; Leader and Proclaim; a
 /// second candidate waits until the leader resigns; Proclaim and Resign
 /// with a stale or missing leader key; Observe follows proclamations and
