@@ -9,7 +9,19 @@
 //!   written `<self>`;
 //! - auth tokens: random by design (`<token>`);
 //! - hashes: gitcd hashes its own data (see `store`'s Maintenance docs),
-//!   not bbolt's pages.
+//!   not bbolt's pages;
+//! - the lease id of a session lease the server grants itself (Lock with
+//!   lease 0): random on both sides (`<lease>`);
+//! - a lease's remaining TTL behind a proxy (`ttl: _`): it depends on when
+//!   the second ticks;
+//! - etcdctl's retry log lines on stderr: they carry a time stamp and the
+//!   address of its resolver.
+//!
+//! Where the oracle (etcd 3.5.1) cannot answer at all (MemberUpdate of an
+//! unknown member, Downgrade ENABLE: it times out), gitcd's answer is
+//! checked alone against etcd 3.5's texts; where 3.5.1 predates a check
+//! later 3.5 releases make (a permission with an inverted range), the case
+//! is a unit test (`auth::tests::permission_management`).
 
 use std::time::Duration;
 
