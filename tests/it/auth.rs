@@ -16,7 +16,6 @@ use common::proto::etcdserverpb::{
 };
 
 use crate::oracle::{Pair, Side, render, with_token};
-use crate::support::etcdctl35_run;
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -475,6 +474,16 @@ async fn auth_matches_etcd() -> Result<()> {
 /// argv.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcdctl_auth_matches_etcd() -> Result<()> {
+    etcdctl_auth_steps(&crate::support::etcdctl35()?).await
+}
+
+/// The same with Debian's etcdctl 3.4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcdctl34_auth_matches_etcd() -> Result<()> {
+    etcdctl_auth_steps(std::path::Path::new("etcdctl")).await
+}
+
+async fn etcdctl_auth_steps(etcdctl: &std::path::Path) -> Result<()> {
     let pair = Pair::start(&["--bcrypt-cost=4"]).await?;
     let steps: &[(Option<&str>, &[&str], &str)] = &[
         (None, &["user", "add", "root", "--interactive=false"], "root-pw\n"),
@@ -522,7 +531,7 @@ async fn etcdctl_auth_matches_etcd() -> Result<()> {
     ];
     for (user, args, stdin) in steps {
         pair.agree(&format!("etcdctl {args:?}"), |s| async move {
-            let run = etcdctl_auth(&s.endpoint, *user, args, stdin);
+            let run = etcdctl_auth(etcdctl, &s.endpoint, *user, args, stdin);
             // etcdctl's client logs its retries with a time stamp and the
             // address of its resolver: left out.
             match run {
@@ -543,9 +552,37 @@ async fn etcdctl_auth_matches_etcd() -> Result<()> {
     Ok(())
 }
 
-/// etcdctl 3.5 as `user` (`name:password`, in the environment), with
+/// `etcdctl` (API v3) as `user` (`name:password`, in the environment), with
 /// `stdin`.
-fn etcdctl_auth(endpoint: &str, user: Option<&str>, args: &[&str], stdin: &str) -> Result<(bool, String, String)> {
-    let env: Vec<(&str, &str)> = user.map(|u| ("ETCDCTL_USER", u)).into_iter().collect();
-    etcdctl35_run(endpoint, args, &env, stdin)
+fn etcdctl_auth(
+    etcdctl: &std::path::Path,
+    endpoint: &str,
+    user: Option<&str>,
+    args: &[&str],
+    stdin: &str,
+) -> Result<(bool, String, String)> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(etcdctl);
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--dial-timeout=5s")
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(u) = user {
+        cmd.env("ETCDCTL_USER", u);
+    }
+    let mut child = cmd.spawn()?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
