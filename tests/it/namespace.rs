@@ -298,8 +298,9 @@ async fn namespaces_match_etcd_grpc_proxy() -> Result<()> {
     Ok(())
 }
 
-/// `--namespace` on the main listener: its clients' keys are stored under
-/// the prefix (the data tree shows them there) and come back without it.
+/// `--namespace` on the main listener: its clients' keys (locks' too) are
+/// stored under the prefix (the data tree shows them there) and come back
+/// without it; Snapshot is refused there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_namespaced_listener_stores_under_its_prefix() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -308,13 +309,37 @@ async fn a_namespaced_listener_stores_under_its_prefix() -> Result<()> {
         c.namespace = b(b"/solo/");
     })
     .await?;
-    let mut kv = KvClient::new(connect(gitcd.addr).await?);
+    let channel = connect(gitcd.addr).await?;
+    let mut kv = KvClient::new(channel.clone());
     kv.put(put(b"k", "v")).await?;
+    // A lock taken through the namespace lives in it too.
+    let lock = common::proto::v3lockpb::lock_client::LockClient::new(channel.clone())
+        .lock(common::proto::v3lockpb::LockRequest {
+            name: b(b"job"),
+            lease: 0,
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(lock.key.starts_with(b"job/"), "{:?}", lock.key);
     let got = kv.range(range(b"\0", b"\0")).await?.into_inner();
     let keys: Vec<&[u8]> = got.kvs.iter().map(|kv| kv.key.as_ref()).collect();
-    anyhow::ensure!(keys == [&b"k"[..]], "{keys:?}");
+    anyhow::ensure!(keys == [&lock.key[..], &b"k"[..]], "{keys:?}");
+    // A snapshot would hold every tenant's keys: refused.
+    let mut snapshot = common::proto::etcdserverpb::maintenance_client::MaintenanceClient::new(channel)
+        .snapshot(common::proto::etcdserverpb::SnapshotRequest {})
+        .await;
+    let refused = match &mut snapshot {
+        Ok(stream) => stream.get_mut().message().await.err(),
+        Err(e) => Some(e.clone()),
+    };
+    anyhow::ensure!(
+        refused.as_ref().map(|e| e.message()) == Some("etcdserver: permission denied"),
+        "{refused:?}"
+    );
     gitcd.stop().await?;
     let stored = crate::support::git(&repo, &["show", "refs/heads/main:solo/k"])?;
     anyhow::ensure!(stored == "v", "{stored}");
+    let files = crate::support::git(&repo, &["ls-tree", "-r", "--name-only", "refs/heads/main"])?;
+    anyhow::ensure!(files.lines().any(|f| f.starts_with("solo/job/")), "{files}");
     Ok(())
 }
