@@ -68,3 +68,4 @@ impl LogArgs {
     }
 }
 pub mod git_sync;
+pub mod gitopperctl;

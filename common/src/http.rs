@@ -181,11 +181,43 @@ pub async fn serve<S, B>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     service: S,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
 ) where
     S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_per_connection(listener, tls, move |_: &Peer| service.clone(), stop, grace).await;
+}
+
+/// What the connection loop knows of a connection, for a service that
+/// decides by it.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The client presented a certificate that the acceptor's trusted CA
+    /// verified (a certificate that does not verify fails the handshake).
+    pub verified_client_cert: bool,
+}
+
+/// [`serve`], with the service made for each connection by `make` from
+/// what is known of its peer.
+pub async fn serve_per_connection<M, S, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    make: M,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) where
+    M: Fn(&Peer) -> S + Clone + Send + 'static,
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -200,32 +232,38 @@ pub async fn serve<S, B>(
             a = listener.accept() => a,
             () = stopped(&mut stop) => break,
         };
-        let Ok((stream, peer)) = accepted else { continue };
+        let Ok((stream, addr)) = accepted else { continue };
         let _ = stream.set_nodelay(true);
-        let (service, builder, tls) = (service.clone(), builder.clone(), tls.clone());
+        let (make, builder, tls) = (make.clone(), builder.clone(), tls.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             match tls {
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => {
-                        let common_name = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
+                        let certificates = stream.get_ref().1.peer_certificates();
+                        let verified_client_cert = certificates.is_some_and(|c| !c.is_empty());
+                        let common_name = certificates
                             .and_then(|chain| chain.first())
                             .and_then(|cert| crate::tls::common_name(cert))
                             .map(crate::tls::ClientCommonName);
                         let service = WithPeer {
-                            inner: service,
+                            inner: make(&Peer {
+                                addr,
+                                verified_client_cert,
+                            }),
                             common_name,
                         };
                         let conn =
                             builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
                         let _ = watcher.watch(conn.into_owned()).await;
                     }
-                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(e) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed"),
                 },
                 None => {
+                    let service = make(&Peer {
+                        addr,
+                        verified_client_cert: false,
+                    });
                     let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 #[cfg(feature = "grpc")]
 pub mod etcd;
+pub mod gitopper;
 pub mod http;
 pub mod keys;
 pub mod lease;

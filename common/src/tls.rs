@@ -53,15 +53,39 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
 }
 
+/// What a listener asks of its clients' certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// Nothing: no certificate is asked for.
+    Ignore,
+    /// Every client must present one that `trusted_ca_file` signed.
+    Require,
+    /// A client may present one, which must then verify against
+    /// `trusted_ca_file`; a client without one is let in too, and the
+    /// service decides (see `crate::http::Peer`).
+    Allow,
+}
+
 /// A TLS acceptor for `config`: the certificate pair is loaded now (so a
 /// bad one fails at start), and again when its files change.
 pub fn acceptor(config: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    let clients = if config.client_cert_auth {
+        ClientCerts::Require
+    } else {
+        ClientCerts::Ignore
+    };
+    acceptor_with(config, clients)
+}
+
+/// [`acceptor`], with what is asked of clients' certificates given
+/// (`config.client_cert_auth` is not consulted).
+pub fn acceptor_with(config: &TlsConfig, clients: ClientCerts) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let resolver = Arc::new(ReloadingCert::new(config.cert_file.clone(), config.key_file.clone())?);
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?;
-    let builder = if config.client_cert_auth {
+    let builder = if clients != ClientCerts::Ignore {
         let ca = config.trusted_ca_file.as_ref().ok_or(TlsError::NoCa)?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in read_certs(ca)? {
@@ -70,9 +94,13 @@ pub fn acceptor(config: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsErro
                 source,
             })?;
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(TlsError::Verifier)?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let verifier = if clients == ClientCerts::Allow {
+            verifier.allow_unauthenticated()
+        } else {
+            verifier
+        };
+        let verifier = verifier.build().map_err(TlsError::Verifier)?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()

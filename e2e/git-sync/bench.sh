@@ -81,7 +81,7 @@ b1() {
     local bin=$1 i out
     REPO=$BIG
     for i in $(seq 1 "$ROUNDS"); do
-        rm -rf "$DIR/b1root" "$DIR/home"
+        rm -rf "${DIR:?}/b1root" "${DIR:?}/home"
         mkdir -p "$DIR/home"
         out=$(HOME="$DIR/home" /usr/bin/time -f '%e %U %S' "$bin" "${common[@]}" --repo="file://$REPO" --root="$DIR/b1root" --one-time 2>&1 >/dev/null | tail -1)
         echo "$out"
@@ -91,7 +91,7 @@ b1() {
 # $1 binary, $2 mode (signal|poll), $3 --git-gc value: one latency (ms) per line.
 latency() {
     local bin=$1 mode=$2 gc=$3 root="$DIR/lat-root" i t0 hash pid
-    rm -rf "$root" "$DIR/home"
+    rm -rf "$root" "${DIR:?}/home"
     mkdir -p "$DIR/home"
     if [[ $mode == signal ]]; then
         HOME="$DIR/home" "$bin" "${common[@]}" --repo="file://$REPO" --git-gc="$gc" --root="$root" --period=1h --sync-on-signal=SIGHUP 2>/dev/null &
@@ -116,7 +116,7 @@ latency() {
 # $1 binary: "cpu-ms-per-sync peak-rss-MiB syncs"
 idle() {
     local bin=$1 root="$DIR/idle-root" pid port syncs cpu rss
-    rm -rf "$root" "$DIR/home"
+    rm -rf "$root" "${DIR:?}/home"
     mkdir -p "$DIR/home"
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     HOME="$DIR/home" "$bin" "${common[@]}" --repo="file://$REPO" --root="$root" --period=100ms --http-bind="127.0.0.1:$port" --http-metrics 2>/dev/null &

@@ -57,7 +57,8 @@ echo "git-sync e2e: ${#selected[@]} cases, $JOBS at a time, in $TOP, binary $GIT
 
 run_one() {
     local i=$1 name=$2
-    local dir="$TOP/$(printf '%03d' "$i")-$name"
+    local dir
+    dir="$TOP/$(printf %03d "$i")-$name"
     mkdir -p "$dir"
     local start=$SECONDS rc=0
     DIR=$dir bash -c '

@@ -25,6 +25,8 @@ export ETCDCTL_API=3
 SUITE=heavens
 # shellcheck source=../lib/common.sh
 source "$ROOT/e2e/lib/common.sh"
+# shellcheck source=../lib/cluster.sh
+source "$ROOT/e2e/lib/cluster.sh"
 trap on_exit EXIT
 
 UP_PORT=$(free_port)
@@ -38,7 +40,7 @@ start_upstream() {
 	python3 "$ROOT/e2e/support/git-http-server.py" --root "$WORK/upstream" --port "$UP_PORT" \
 		--user heaven --password-file "$PASSWORD_FILE" >>"$WORK/upstream.log" 2>&1 &
 	UP_PID=$!
-	PIDS+=($UP_PID)
+	PIDS+=("$UP_PID")
 	wait_for "the upstream" 20 git ls-remote "http://heaven:$(cat "$PASSWORD_FILE")@127.0.0.1:$UP_PORT/up.git"
 }
 
@@ -132,64 +134,8 @@ revision() {
 		python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])'
 }
 
-# nodes_of HEAVEN: the node name of each web pod, one per line, sorted.
-nodes_of() {
-	k "$1" get pods -l app=web -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort
-}
-
-# bound HEAVEN N: N web pods, every one on node-1.
-bound() {
-	local got
-	got=$(nodes_of "$1" | grep -c '^node-1$' || true)
-	[[ $got == "$2" && $(k "$1" get pods -l app=web -o name | wc -l) == "$2" ]]
-}
-
 # step START WHAT: prints how long WHAT took since START.
 step() { log "  $2: $(took "$1") s"; }
-
-create_node() {
-	local name=$1
-	k "$name" apply -f - >/dev/null <<'EOF'
-apiVersion: v1
-kind: Node
-metadata:
-  name: node-1
-  labels: {kubernetes.io/hostname: node-1, kubernetes.io/os: linux}
-spec: {}
-EOF
-	# No kubelet exists here: its status is written through the API.
-	local t
-	t=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-	curl -sfk -X PATCH -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/merge-patch+json' \
-		"https://127.0.0.1:$(eval "echo \$KAS_PORT_$name")/api/v1/nodes/node-1/status" --data @- >/dev/null <<EOF ||
-{"status":{"capacity":{"cpu":"8","memory":"16Gi","pods":"110"},"allocatable":{"cpu":"8","memory":"16Gi","pods":"110"},
- "conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"no kubelet: written by the test",
-  "lastHeartbeatTime":"$t","lastTransitionTime":"$t"}]}}
-EOF
-		fail "cannot write node-1's status"
-	# kube-apiserver's TaintNodesByCondition admission taints a new node
-	# not-ready; the node lifecycle controller would lift it once the node
-	# reports Ready, but it is off (no kubelet renews the node): lift it here.
-	k "$name" patch node node-1 --type=json -p='[{"op":"remove","path":"/spec/taints"}]' >/dev/null ||
-		fail "cannot lift node-1's not-ready taint"
-}
-
-create_deployment() {
-	k kcm apply -f - >/dev/null <<'EOF'
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: default}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      # No kubelet confirms a graceful stop: pods go at once when deleted.
-      terminationGracePeriodSeconds: 0
-      containers: [{name: web, image: registry.invalid/web:1}]
-EOF
-}
 
 main() {
 	[[ -x $BIN/kube-apiserver ]] || fail "run e2e/k8s/build.sh first (make e2e-heavens does)"
@@ -239,7 +185,7 @@ main() {
 	wait_for "node-1 in the kcm heaven" 90 k kcm get node node-1
 	step "$start" "node-1 from scheduler to kcm"
 	start=$(now)
-	create_deployment
+	create_deployment kcm
 	wait_for "2 pods in the kcm heaven" 90 bash -c "[[ \$($BIN/kubectl --kubeconfig=$WORK/kcm/kubeconfig get pods -l app=web -o name | wc -l) == 2 ]]"
 	step "$start" "the ReplicaSet's 2 pods (kcm)"
 	wait_for "2 pods in the scheduler heaven" 90 bash -c "[[ \$($BIN/kubectl --kubeconfig=$WORK/scheduler/kubeconfig get pods -l app=web -o name | wc -l) == 2 ]]"
@@ -291,7 +237,7 @@ main() {
 	((after > before)) || fail "the scheduler heaven's revision went back: $before -> $after"
 	log "  revision $before before, $after after the restart"
 	k scheduler get node node-1 >/dev/null || fail "node-1 lost in the restart"
-	create_deployment
+	create_deployment kcm
 	wait_for "2 new pods bound, seen in the kcm heaven" 120 bound kcm 2
 	step "$start" "restarted and scheduling again"
 

@@ -74,6 +74,7 @@ if [[ ! -f pkg/generated/openapi/zz_generated.openapi.go ]]; then
 		| sed 's|^\./||; s|^staging/src/k8s.io/|vendor/k8s.io/|' \
 		| grep -v -e '^vendor/k8s.io/code-generator/' -e '^vendor/k8s.io/sample-apiserver/' \
 		| { xargs grep -l '^// *+k8s:openapi-gen=' || (($? == 123)); } | xargs -n1 dirname | LC_ALL=C sort -u)
+	# shellcheck disable=SC2001 # a prefix on every line
 	inputs=$(sed 's|^|k8s.io/kubernetes/|' <<<"$dirs" | paste -sd, -)
 	"$BIN/openapi-gen" --logtostderr -i "$inputs" -p k8s.io/kubernetes/pkg/generated/openapi \
 		-O zz_generated.openapi -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt \

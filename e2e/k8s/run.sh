@@ -55,7 +55,7 @@ start_apiserver() {
 		--enable-admission-plugins=NamespaceLifecycle,ServiceAccount --endpoint-reconciler-type=lease \
 		"$@" >>"$WORK/kube-apiserver.log" 2>&1 &
 	KAS_PID=$!
-	PIDS+=($KAS_PID)
+	PIDS+=("$KAS_PID")
 	wait_for "kube-apiserver /readyz" 120 kubectl get --raw /readyz
 }
 
@@ -223,6 +223,7 @@ scenario_three() {
 	grep -i 'compact.*fail\|failed to compact' "$WORK/kube-apiserver.log" && fail "compaction errors in the kube-apiserver log"
 
 	log "kill -9 gitcd and restart it"
+	# shellcheck disable=SC2154 # assigned by eval in start_gitcd
 	kill -9 "$GITCD_PID_main"
 	wait "$GITCD_PID_main" 2>/dev/null || true
 	start_gitcd main "$port"
@@ -321,7 +322,7 @@ scenario_five() {
 main() {
 	[[ -x $BIN/kube-apiserver ]] || fail "run e2e/k8s/build.sh first (make e2e-k8s does)"
 	[[ -x $GITCD ]] || fail "no gitcd binary at $GITCD (cargo build --release)"
-	command -v etcd >/dev/null && command -v etcdctl >/dev/null || fail "etcd and etcdctl are needed (make deps)"
+	{ command -v etcd && command -v etcdctl; } >/dev/null || fail "etcd and etcdctl are needed (make deps)"
 	pki "$WORK/pki"
 	local scenarios=("$@")
 	((${#scenarios[@]})) || scenarios=(one two three four five)

@@ -10,7 +10,7 @@ CURRENT=""
 log() { printf '\e[1m[e2e %s %s]\e[0m %s\n' "$SUITE" "${CURRENT:-setup}" "$*" >&2; }
 
 on_exit() {
-	local rc=$?
+	local rc=${1:-$?}
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	if ((rc != 0)); then

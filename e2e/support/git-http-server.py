@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """A Git host for tests: `git http-backend` behind HTTP basic auth, on loopback.
 
-    git-http-server.py --root DIR [--port 0] [--user U --password-file F] [--port-file P]
+    git-http-server.py --root DIR [--address 127.0.0.1] [--port 0] [--user U --password-file F] [--port-file P]
 
 Serves every repository below DIR over smart HTTP (fetch and push). With --user,
 every request needs that user and the password in F (re-read per request, so a
 test can rotate it); a wrong or missing one answers 401 with a WWW-Authenticate
 challenge, as a Git host does. The bound port is printed on stdout as
-`listening on 127.0.0.1:PORT` (and written to --port-file) once it accepts.
+`listening on ADDRESS:PORT` (and written to --port-file) once it accepts.
+The images/git-server image packages it for the demos (--address 0.0.0.0).
 Standard library only; the CGI glue is ours, the Git side is git's own.
 """
 
@@ -119,6 +120,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", required=True)
+    p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--user")
     p.add_argument("--password-file")
@@ -129,14 +131,14 @@ def main():
     Handler.root = os.path.abspath(a.root)
     Handler.user = a.user
     Handler.password_file = a.password_file
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    server = http.server.ThreadingHTTPServer((a.address, a.port), Handler)
     port = server.server_address[1]
     if a.port_file:
         tmp = a.port_file + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("%d\n" % port)
         os.rename(tmp, a.port_file)
-    print("listening on 127.0.0.1:%d" % port, flush=True)
+    print("listening on %s:%d" % (a.address, port), flush=True)
     server.serve_forever()
 
 

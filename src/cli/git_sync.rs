@@ -17,9 +17,11 @@ use common::sync::Config;
 use common::sync::credentials;
 
 mod goflag;
+mod services;
 mod validate;
 
 pub use goflag::{GoDuration, parse_bool, parse_duration, parse_float, parse_int, parse_signal};
+pub use services::ServicesArgs;
 
 /// Flag parsing failed: pflag's exit code.
 pub const EXIT_PARSE: i32 = 2;
@@ -245,6 +247,10 @@ pub struct GitSyncArgs {
     #[arg(long, default_value = "0", hide = true, value_parser = parse_float, allow_hyphen_values = true)]
     pub wait: f64,
 
+    /// The services mode (`--services`).
+    #[command(flatten)]
+    pub services: ServicesArgs,
+
     /// Arguments that are not flags (ignored, as git-sync does).
     #[arg(hide = true, trailing_var_arg = false)]
     pub rest: Vec<String>,
@@ -409,6 +415,13 @@ pub enum Parsed {
     /// The flags are inconsistent: message and usage on stderr, the
     /// message in the error file, exit 1.
     Invalid(String, Log),
+    /// Run the services mode (`--services`) with this config.
+    Services(Box<common::gitopper::Config>, Log),
+}
+
+/// Every flag's variables: git-sync's, then the services mode's.
+fn env_table() -> impl Iterator<Item = &'static (&'static str, &'static str, &'static [&'static str])> {
+    ENV.iter().chain(services::ENV.iter())
 }
 
 /// The logger the binary uses: verbosity and error file.
@@ -419,9 +432,8 @@ pub fn usage() -> String {
     let mut cmd = GitSyncArgs::command();
     let mut out = cmd.render_help().to_string();
     out.push_str("\nENVIRONMENT VARIABLES (each stands in for its flag when the flag is not given):\n");
-    let width = ENV.iter().map(|(_, e, _)| e.len()).max().unwrap_or(0);
-    let mut rows: Vec<(String, String)> = ENV
-        .iter()
+    let width = env_table().map(|(_, e, _)| e.len()).max().unwrap_or(0);
+    let mut rows: Vec<(String, String)> = env_table()
         .filter_map(|(id, primary, aliases)| {
             let arg = cmd.get_arguments().find(|a| a.get_id() == *id)?;
             let flag = match *id {
@@ -538,7 +550,7 @@ pub fn parse(argv: &[OsString], env: EnvLookup<'_>, warn: &mut dyn FnMut(String)
     // Environment variables become flags placed before the command line's,
     // for the flags the command line does not set.
     let mut extra: Vec<OsString> = Vec::new();
-    for (id, primary, aliases) in ENV {
+    for (id, primary, aliases) in env_table() {
         if first.value_source(id) == Some(ValueSource::CommandLine) {
             continue;
         }
@@ -601,6 +613,23 @@ pub fn parse(argv: &[OsString], env: EnvLookup<'_>, warn: &mut dyn FnMut(String)
     if args.man {
         return Parsed::Print(manual());
     }
+    let was_set = |id: &str| matches!(matches.value_source(id), Some(ValueSource::CommandLine));
+    let verbosity = if args.v_deprecated >= 0 {
+        args.v_deprecated
+    } else {
+        args.verbose
+    };
+    if !args.services.services.is_empty() {
+        let log = Log::new(verbosity.clamp(0, 255) as u8, None);
+        let flags_for_log = flags_for_log(&cmd, &matches, &first, &args);
+        return match services::validate(&args, &was_set, &log, flags_for_log) {
+            Ok(config) => Parsed::Services(Box::new(config), log),
+            Err(msg) => Parsed::Invalid(msg, log),
+        };
+    }
+    if let Err(msg) = services::refuse_without_services(&was_set) {
+        return Parsed::Invalid(msg, Log::new(verbosity.clamp(0, 255) as u8, None));
+    }
     if args.root.is_empty() {
         return Parsed::Usage("required flag: --root must be specified".into(), 1);
     }
@@ -608,14 +637,8 @@ pub fn parse(argv: &[OsString], env: EnvLookup<'_>, warn: &mut dyn FnMut(String)
         Ok(r) => r,
         Err(e) => return Parsed::Fatal(format!("FATAL: can't absolutize --root: {e}")),
     };
-    let verbosity = if args.v_deprecated >= 0 {
-        args.v_deprecated
-    } else {
-        args.verbose
-    };
     let error_file = (!args.error_file.is_empty()).then(|| abs_root.join(&args.error_file));
     let log = Log::new(verbosity.clamp(0, 255) as u8, error_file);
-    let was_set = |id: &str| matches!(matches.value_source(id), Some(ValueSource::CommandLine));
     let flags_for_log = flags_for_log(&cmd, &matches, &first, &args);
     match validate::validate(args, was_set, &log, flags_for_log) {
         Ok(config) => Parsed::Run(Box::new(config), log),
@@ -689,6 +712,7 @@ mod tests {
             Parsed::Run(c, _) => *c,
             Parsed::Usage(e, _) | Parsed::Fatal(e) | Parsed::Invalid(e, _) => panic!("{args:?}: {e}"),
             Parsed::Print(_) => panic!("{args:?}: printed"),
+            Parsed::Services(..) => panic!("{args:?}: services mode"),
         }
     }
 
@@ -894,5 +918,73 @@ mod tests {
             panic!()
         };
         assert!(help.contains("GITSYNC_REPO") && help.contains("--repo"));
+    }
+
+    fn services(args: &[&str], env: &[(&str, &str)]) -> Result<common::gitopper::Config, String> {
+        let args: Vec<&str> = ["--services=/s.toml", "--hostname=h"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        match run(&args, env).0 {
+            Parsed::Services(c, _) => Ok(*c),
+            Parsed::Invalid(e, _) | Parsed::Usage(e, _) | Parsed::Fatal(e) => Err(e),
+            other => panic!("{args:?}: {}", matches!(other, Parsed::Run(..))),
+        }
+    }
+
+    #[test]
+    fn services_mode_credentials() -> Result<(), String> {
+        let c = services(&[], &[])?;
+        assert!(c.credentials.is_empty());
+        assert_eq!(c.ssh_command, None, "ssh as each service's user finds its own keys");
+        let c = services(
+            &[
+                "--username=alice",
+                "--password-file=/p",
+                r#"--credential={"url":"https://h/r","username":"bob","password":"s3cret"}"#,
+                "--ssh-key-file=/k/it's",
+                "--ssh-known-hosts-file=/kh",
+            ],
+            &[],
+        )?;
+        assert_eq!(c.credentials.len(), 2);
+        assert_eq!(
+            (c.credentials[0].url.as_str(), c.credentials[0].username.as_str()),
+            ("", "alice"),
+            "--username serves every upstream"
+        );
+        assert_eq!(c.credentials[0].password_file, Some(PathBuf::from("/p")));
+        assert_eq!(c.credentials[1].url, "https://h/r");
+        assert_eq!(c.credentials[1].password, Some(Secret::new("s3cret")));
+        assert_eq!(
+            c.ssh_command.as_deref(),
+            Some("ssh -o BatchMode=yes -i '/k/it'\\''s' -o StrictHostKeyChecking=yes -o UserKnownHostsFile='/kh'")
+        );
+        assert!(
+            !c.flags_for_log.iter().any(|f| f.contains("s3cret")),
+            "{:?}",
+            c.flags_for_log
+        );
+        let c = services(&["--username=alice"], &[("GITSYNC_PASSWORD", "pw")])?;
+        assert_eq!(c.credentials[0].password, Some(Secret::new("pw")));
+        for (args, env, needle) in [
+            (&["--username=alice"][..], &[][..], "must be specified when --username"),
+            (
+                &["--password-file=/p"][..],
+                &[][..],
+                "only be specified when --username",
+            ),
+            (
+                &["--username=a", "--password-file=/p"][..],
+                &[("GITSYNC_PASSWORD", "pw")][..],
+                "only one of",
+            ),
+            (&[r#"--credential={"url":"https://h"}"#][..], &[][..], "username"),
+            (&["--askpass-url=http://x"][..], &[][..], "git-sync's own mode's"),
+        ] {
+            let e = services(args, env).expect_err("refused");
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        Ok(())
     }
 }

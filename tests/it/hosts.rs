@@ -96,7 +96,9 @@ pub fn git_http(root: &Path, user: &str, password_file: &Path, port: Option<u16>
 }
 
 /// An sshd on a loopback port that lets the holder of `client_key` in as
-/// the current user; `known_hosts` has its host key.
+/// the current user; `known_hosts` has its host key. It accepts
+/// `GIT_PROTOCOL` (as git's documentation asks of servers), so git speaks
+/// protocol v2 over it, which partial clones need to fetch blobs by id.
 pub struct Ssh {
     pub host: Host,
     pub client_key: PathBuf,
@@ -141,7 +143,8 @@ pub fn sshd(dir: &Path) -> Result<Ssh> {
         format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-             PermitRootLogin prohibit-password\nPidFile {}\nLogLevel VERBOSE\n",
+             PermitRootLogin prohibit-password\nPidFile {}\nLogLevel VERBOSE\n\
+             AcceptEnv GIT_PROTOCOL\n",
             host_key.display(),
             dir.join("authorized_keys").display(),
             dir.join("sshd.pid").display()

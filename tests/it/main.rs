@@ -8,6 +8,7 @@ mod differential;
 mod etcdctl;
 mod existing;
 mod git_sync;
+mod gitopper;
 mod group;
 mod hosts;
 mod keys;

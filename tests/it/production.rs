@@ -696,9 +696,13 @@ async fn db_size_is_the_size_on_disk() -> Result<()> {
     for i in 0..5 {
         crate::support::commit_files(&work, &[(&format!("f{i}"), &"y".repeat(20_000 + i))], &format!("c{i}"))?;
     }
+    // No automatic gc after the push: receive-pack would start one in the
+    // background (git maintenance detaches), racing the explicit one below.
     crate::support::git(
         &work,
         &[
+            "-c",
+            "receive.autogc=false",
             "push",
             "-q",
             repo.to_str().unwrap_or_default(),
