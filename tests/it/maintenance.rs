@@ -72,17 +72,21 @@ async fn single_member_cluster_answers_match_etcd() -> Result<()> {
         })
         .await;
     assert_eq!(render(unknown), "error NotFound: etcdserver: member not found");
-    for id in [None, Some(1234)] {
-        pair.agree("MemberPromote", |s| async move {
-            render(
-                ClusterClient::new(s.channel)
-                    .member_promote(MemberPromoteRequest {
-                        id: id.unwrap_or(s.member_id),
-                    })
-                    .await,
-            )
-        })
-        .await?;
+    // MemberPromote: etcd 3.5.1 (the oracle) answers it only at times (the
+    // request waits on its raft log, and the client often gives up after
+    // 30 s), so gitcd's answers are checked alone against etcd 3.5's texts:
+    // an unknown member is not found, the member itself is no learner.
+    for (id, want) in [
+        (1234, "error NotFound: etcdserver: member not found"),
+        (
+            pair.ours.member_id,
+            "error FailedPrecondition: etcdserver: can only promote a learner member",
+        ),
+    ] {
+        let promoted = ClusterClient::new(pair.ours.channel.clone())
+            .member_promote(MemberPromoteRequest { id })
+            .await;
+        assert_eq!(render(promoted), want);
     }
     for id in [Some(1234), None] {
         pair.agree("MoveLeader", |s| async move {

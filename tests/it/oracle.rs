@@ -17,7 +17,7 @@
 //! - etcdctl's retry log lines on stderr: they carry a time stamp and the
 //!   address of its resolver.
 //!
-//! Where the oracle (etcd 3.5.1) cannot answer at all (MemberUpdate of an
+//! Where the oracle (etcd 3.5.1) cannot answer reliably (MemberPromote, MemberUpdate of an
 //! unknown member, Downgrade ENABLE: it times out), gitcd's answer is
 //! checked alone against etcd 3.5's texts; where 3.5.1 predates a check
 //! later 3.5 releases make (a permission with an inverted range), the case
