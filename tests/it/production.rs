@@ -698,6 +698,9 @@ async fn db_size_is_the_size_on_disk() -> Result<()> {
     }
     // No automatic gc after the push: receive-pack would start one in the
     // background (git maintenance detaches), racing the explicit one below.
+    // In the receiving repository's own config: a local push clears the
+    // `-c` settings (GIT_CONFIG_PARAMETERS) before receive-pack runs.
+    crate::support::git(&repo, &["config", "receive.autogc", "false"])?;
     crate::support::git(
         &work,
         &[
