@@ -2,7 +2,13 @@
 //! protox parses them in pure Rust and tonic-prost-build generates the code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/rpc.proto", "proto/kv.proto", "proto/auth.proto"];
+    let protos = [
+        "proto/rpc.proto",
+        "proto/kv.proto",
+        "proto/auth.proto",
+        "proto/v3lock.proto",
+        "proto/v3election.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -132,6 +132,13 @@ pub struct ListenUrl {
     pub tls: bool,
 }
 
+impl ListenUrl {
+    /// The URL again, `http://IP:PORT` or `https://IP:PORT`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+    }
+}
+
 /// Parses comma-separated `http(s)://IP:PORT` URLs (an IP address, as etcd
 /// requires for listening).
 pub fn parse_urls(urls: &str) -> Result<Vec<ListenUrl>, String> {
@@ -233,12 +240,19 @@ pub async fn serve_per_connection<M, S, B>(
             match tls {
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => {
-                        let verified_client_cert =
-                            stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-                        let service = make(&Peer {
-                            addr,
-                            verified_client_cert,
-                        });
+                        let certificates = stream.get_ref().1.peer_certificates();
+                        let verified_client_cert = certificates.is_some_and(|c| !c.is_empty());
+                        let common_name = certificates
+                            .and_then(|chain| chain.first())
+                            .and_then(|cert| crate::tls::common_name(cert))
+                            .map(crate::tls::ClientCommonName);
+                        let service = WithPeer {
+                            inner: make(&Peer {
+                                addr,
+                                verified_client_cert,
+                            }),
+                            common_name,
+                        };
                         let conn =
                             builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
                         let _ = watcher.watch(conn.into_owned()).await;
@@ -259,6 +273,30 @@ pub async fn serve_per_connection<M, S, B>(
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(?grace, "connections still open after the grace period: closing them");
+    }
+}
+
+/// A connection's service that tells each request who the TLS peer is (the
+/// verified client certificate's common name).
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    common_name: Option<crate::tls::ClientCommonName>,
+}
+
+impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithPeer<S>
+where
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(cn) = &self.common_name {
+            req.extensions_mut().insert(cn.clone());
+        }
+        self.inner.call(req)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Trishanku's shared library. Binaries under `src/bin` are thin: they parse
 //! flags and call one function here.
 
+pub mod auth;
 pub mod error;
 #[cfg(feature = "grpc")]
 pub mod etcd;

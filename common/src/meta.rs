@@ -24,6 +24,7 @@ pub const REVISION_ENTRY: &str = "revision";
 pub const DATA_ENTRY: &str = "data";
 pub const COMPACT_ENTRY: &str = "compact";
 pub const LEASES_ENTRY: &str = "leases";
+pub const ALARMS_ENTRY: &str = "alarms";
 pub const KEYS_DIR: &str = "keys";
 pub const LOG_ENTRY: &str = "log";
 
@@ -131,6 +132,40 @@ pub fn decode_leases(blob: &[u8]) -> Result<Vec<LeaseRecord>, ParseError> {
             })
         })
         .collect()
+}
+
+/// Encodes the `alarms` root entry: one `<member id> <alarm>` line per raised
+/// alarm (`NOSPACE`, `CORRUPT`).
+pub fn encode_alarms<'a>(alarms: impl IntoIterator<Item = &'a (u64, i32)>) -> Vec<u8> {
+    let mut out = String::new();
+    for (member, alarm) in alarms {
+        let name = match alarm {
+            1 => "NOSPACE",
+            2 => "CORRUPT",
+            _ => continue,
+        };
+        let _ = writeln!(out, "{member} {name}");
+    }
+    out.into_bytes()
+}
+
+/// Decodes the `alarms` root entry; unknown alarm names are skipped.
+pub fn decode_alarms(blob: &[u8]) -> Result<Vec<(u64, i32)>, ParseError> {
+    let mut out = Vec::new();
+    for line in blob.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let (member, name) = split_field(line)?;
+        let member: u64 = std::str::from_utf8(member)
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .ok_or_else(|| ParseError::new(format!("alarm member {:?}", String::from_utf8_lossy(member))))?;
+        let alarm = match name {
+            b"NOSPACE" => 1,
+            b"CORRUPT" => 2,
+            _ => continue,
+        };
+        out.push((member, alarm));
+    }
+    Ok(out)
 }
 
 /// One key's change in a revision recorded in a grouped commit's `log`.

@@ -15,6 +15,7 @@
 //! format), [`maintenance`] (who folds and consolidates a repository's packs),
 //! [`lock`] (the advisory locks that make one process the owner of a job).
 
+pub mod bundle;
 pub mod commit;
 mod delta;
 pub mod lock;

@@ -25,6 +25,8 @@ use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::store::{StorageError, Store, StoreConfig};
 use crate::tls::{TlsConfig, TlsError};
 
@@ -49,6 +51,49 @@ pub struct ServeConfig {
     pub watch_progress_interval: Duration,
     /// Merging an upstream branch in and pushing, when asked for.
     pub pull: Option<crate::pull::PullConfig>,
+    /// How long a simple auth token lives unused (etcd's `--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
+    /// bcrypt's cost for new password hashes (etcd's `--bcrypt-cost`).
+    pub bcrypt_cost: u32,
+    /// Most bytes of live keys and values (etcd's `--quota-backend-bytes`);
+    /// `None`: no quota.
+    pub quota_backend_bytes: Option<i64>,
+    /// The key prefix clients of `listen` are confined to (`--namespace`;
+    /// empty: none).
+    pub namespace: bytes::Bytes,
+    /// More listeners, each confined to its own prefix
+    /// (`--namespace-listen-urls PREFIX=URL[,URL]`).
+    pub tenants: Vec<Tenant>,
+}
+
+/// A namespace served on its own listeners.
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub prefix: bytes::Bytes,
+    pub listen: Vec<ListenUrl>,
+}
+
+impl ServeConfig {
+    /// A config serving `store` on `listen` with every other setting at its
+    /// default (etcd's, where etcd has one).
+    pub fn new(store: StoreConfig, listen: Vec<ListenUrl>) -> Self {
+        Self {
+            store,
+            advertise_client_urls: listen.iter().map(|u| u.url()).collect(),
+            listen,
+            listen_metrics: Vec::new(),
+            tls: None,
+            name: "default".into(),
+            max_request_bytes: etcd::DEFAULT_MAX_REQUEST_BYTES,
+            watch_progress_interval: Duration::from_secs(5),
+            pull: None,
+            auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL,
+            bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,
+            quota_backend_bytes: Some(etcd::DEFAULT_QUOTA_BYTES),
+            namespace: bytes::Bytes::new(),
+            tenants: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +127,8 @@ pub fn check_tls(urls: &[ListenUrl], tls: Option<&TlsConfig>) -> Result<(), Stri
 pub struct Listeners {
     pub client: Vec<(TcpListener, bool)>,
     pub metrics: Vec<(TcpListener, bool)>,
+    /// Each tenant's prefix and listeners, in the config's order.
+    pub tenants: Vec<(bytes::Bytes, Vec<(TcpListener, bool)>)>,
 }
 
 /// Binds every listen address; fails on the first that cannot be bound.
@@ -96,9 +143,14 @@ pub async fn bind(config: &ServeConfig) -> Result<Listeners, ServeError> {
         }
         Ok(out)
     }
+    let mut tenants = Vec::new();
+    for t in &config.tenants {
+        tenants.push((t.prefix.clone(), all(&t.listen).await?));
+    }
     Ok(Listeners {
         client: all(&config.listen).await?,
         metrics: all(&config.listen_metrics).await?,
+        tenants,
     })
 }
 
@@ -115,13 +167,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-    let store = open_store(config.store.clone()).await?;
     let identity = Arc::new(Identity::new(
         &config.name,
         &config.store.data_ref,
         config.advertise_client_urls.clone(),
         config.max_request_bytes,
     ));
+    let mut store_config = config.store.clone();
+    store_config.member_id = identity.member_id;
+    let store = open_store(store_config).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     {
@@ -145,13 +199,39 @@ pub async fn serve(
         identity,
         stopping: stop_rx.clone(),
         watch_gauges: server_metrics.watch_gauges(),
+        members: Default::default(),
+        authn: Arc::new(etcd::Authn::new(
+            config.auth_token_ttl,
+            config.bcrypt_cost,
+            config.tls.as_ref().is_some_and(|t| t.client_cert_auth),
+        )),
+        quota_bytes: config.quota_backend_bytes,
+        namespace: etcd::namespace::Namespace::new(config.namespace.clone()),
     };
     let admin = endpoints::admin(&store, registry, server_metrics.clone(), draining.clone());
-    let grpc = metrics::Instrumented::new(routes(&ctx, &config), server_metrics);
+    let grpc = metrics::Instrumented::new(routes(&ctx, &config), server_metrics.clone());
+    let mut client_listeners: Vec<_> = listeners
+        .client
+        .into_iter()
+        .map(|(l, https)| (l, https, grpc.clone(), config.namespace.clone()))
+        .collect();
+    for (prefix, tenant) in listeners.tenants {
+        let ctx = Context {
+            namespace: etcd::namespace::Namespace::new(prefix.clone()),
+            ..ctx.clone()
+        };
+        let grpc = metrics::Instrumented::new(routes(&ctx, &config), server_metrics.clone());
+        client_listeners.extend(
+            tenant
+                .into_iter()
+                .map(|(l, https)| (l, https, grpc.clone(), prefix.clone())),
+        );
+    }
     let mut servers = tokio::task::JoinSet::new();
-    for (listener, https) in listeners.client {
+    for (listener, https, grpc, namespace) in client_listeners {
         let addr = local(&listener)?;
-        tracing::info!(%addr, tls = https, "serving etcd v3 gRPC and /health, /livez, /readyz, /version, /metrics");
+        let namespace = crate::keys::escape(&namespace);
+        tracing::info!(%addr, tls = https, %namespace, "serving etcd v3 gRPC and /health, /livez, /readyz, /version, /metrics");
         let service = ClientService {
             grpc: grpc.clone(),
             admin: Arc::new(admin.clone()),
@@ -272,6 +352,8 @@ fn routes(ctx: &Context, config: &ServeConfig) -> tonic::service::Routes {
             MaintenanceServer,
             etcd::maintenance::MaintenanceService(ctx.clone())
         ))
-        .add_service(svc!(AuthServer, etcd::unimplemented::AuthService))
+        .add_service(svc!(AuthServer, etcd::auth::AuthService(ctx.clone())))
+        .add_service(svc!(LockServer, etcd::lock::LockService(ctx.clone())))
+        .add_service(svc!(ElectionServer, etcd::lock::ElectionService(ctx.clone())))
         .prepare()
 }

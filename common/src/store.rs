@@ -17,12 +17,14 @@
 //! `range` (Range semantics).
 
 mod apply;
+mod auth;
 mod changes;
 mod commit;
 mod events;
 pub(crate) mod history;
 mod ingest;
 mod job;
+mod maintenance;
 mod open;
 mod range;
 pub mod revisions;
@@ -47,6 +49,7 @@ use crate::repo::{Maintenance, Repo, RepoError, Signature};
 pub use apply::{Change, is_read_only};
 pub use changes::{ChangeSet, KeyChange, NewValue};
 pub use events::RevisionEvents;
+pub use maintenance::{KvHash, RestoreError, Restored, SnapshotFile, restore};
 pub use range::KeyRange;
 pub use revisions::parse_revisions;
 
@@ -70,6 +73,24 @@ pub enum Error {
     /// change set was computed. Compute it again.
     #[error("key {key:?} changed since the change set was computed (mod revision {found}, expected {expected})")]
     Changed { key: String, expected: i64, found: i64 },
+    /// The NOSPACE alarm is raised: writes that add data are refused.
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    /// The CORRUPT alarm is raised: writes are refused.
+    #[error("corrupt cluster")]
+    Corrupt,
+    /// etcd's authentication and permission conditions.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// A lock waiter's key went away (its lease expired) while it waited.
+    #[error("mutex: session is expired")]
+    SessionExpired,
+    /// An election call whose caller does not lead (any more).
+    #[error("election: not leader")]
+    NotLeader,
+    /// An election nobody leads.
+    #[error("election: no leader")]
+    NoLeader,
     #[error("the store is shutting down")]
     Stopped,
     /// The store cannot read or write its repository. Shared: one failure
@@ -78,9 +99,38 @@ pub enum Error {
     Storage(#[source] Arc<StorageError>),
 }
 
-impl<E: Into<StorageError>> From<E> for Error {
-    fn from(e: E) -> Self {
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        Error::Storage(Arc::new(e))
+    }
+}
+
+impl From<RepoError> for Error {
+    fn from(e: RepoError) -> Self {
         Error::Storage(Arc::new(e.into()))
+    }
+}
+
+impl From<CorruptError> for Error {
+    fn from(e: CorruptError) -> Self {
+        Error::Storage(Arc::new(e.into()))
+    }
+}
+
+impl Error {
+    /// Whether the failure is a full disk (what raises the NOSPACE alarm).
+    pub fn is_disk_full(&self) -> bool {
+        let Error::Storage(e) = self else { return false };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::StorageFull
+            {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
     }
 }
 
@@ -96,6 +146,14 @@ pub enum StorageError {
     Contended { data_ref: String, attempts: usize },
     #[error("cannot start the writer thread")]
     Thread(#[source] std::io::Error),
+    /// The auth ref's tree is not what this gitcd reads.
+    #[error("auth ref {auth_ref} at {commit}")]
+    Auth {
+        auth_ref: String,
+        commit: ObjectId,
+        #[source]
+        source: crate::meta::ParseError,
+    },
 }
 
 /// The repository is not a gitcd store as expected: what is wrong, where.
@@ -159,6 +217,8 @@ pub struct StoreConfig {
     pub max_commit_revisions: usize,
     /// Whether this store may maintain the repository's packs.
     pub maintenance: Maintenance,
+    /// The member id of the alarms the store raises itself (a full disk).
+    pub member_id: u64,
 }
 
 impl StoreConfig {
@@ -177,7 +237,14 @@ impl StoreConfig {
             poll_interval: Duration::from_millis(500),
             max_commit_revisions: 128,
             maintenance: Maintenance::Auto,
+            member_id: 0,
         }
+    }
+
+    /// The ref of the store's users, roles and permissions:
+    /// `refs/gitcd/auth/` + the data ref. Never pushed nor merged.
+    pub fn auth_ref(&self) -> String {
+        format!("refs/gitcd/auth/{}", self.data_ref)
     }
 }
 
@@ -201,6 +268,11 @@ impl Kv {
     }
 }
 
+/// What a live key counts towards the quota: its key and value bytes.
+pub(crate) fn kv_bytes(key: &[u8], kv: &Kv) -> i64 {
+    (key.len() + kv.value.len()) as i64
+}
+
 /// A lease the store knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -220,6 +292,39 @@ pub struct Snapshot {
     /// The data commit this state is (or, inside a group not yet written,
     /// builds on).
     pub data_commit: ObjectId,
+    /// Raised alarms: (member id, `AlarmType` number), etcd's alarm store.
+    pub alarms: imbl::OrdSet<(u64, i32)>,
+    /// Bytes of the keys and values live at this revision: what
+    /// `--quota-backend-bytes` measures (Git keeps all history, so history
+    /// is not what a quota can limit).
+    pub live_bytes: i64,
+    /// Users, roles, permissions, and whether auth is on.
+    pub auth: Arc<crate::auth::AuthState>,
+}
+
+/// etcd's alarm types, as their numbers.
+pub const ALARM_NOSPACE: i32 = 1;
+pub const ALARM_CORRUPT: i32 = 2;
+
+impl Snapshot {
+    /// An empty state at `revision`.
+    pub fn empty(revision: i64) -> Self {
+        Self {
+            revision,
+            compact_revision: -1,
+            kvs: imbl::OrdMap::new(),
+            leases: imbl::OrdMap::new(),
+            data_commit: ObjectId::null(gix::hash::Kind::Sha1),
+            alarms: imbl::OrdSet::new(),
+            live_bytes: 0,
+            auth: Arc::default(),
+        }
+    }
+
+    /// Whether an alarm of type `alarm` is raised.
+    pub fn alarmed(&self, alarm: i32) -> bool {
+        self.alarms.iter().any(|(_, a)| *a == alarm)
+    }
 }
 
 /// A granted lease.
@@ -301,6 +406,8 @@ struct Shared {
     failure: std::sync::Mutex<Option<String>>,
     /// The objects' size on disk, tracked (no walk per call).
     usage: Arc<crate::repo::usage::DiskUsage>,
+    /// Asks the pack maintainer for a consolidation (Defragment).
+    packs: crate::repo::maintenance::MaintenanceHandle,
 }
 
 /// A handle to an open store; cheap to clone. The writer thread stops when
@@ -349,6 +456,7 @@ impl Store {
             metrics: loaded.metrics().clone(),
             failure: std::sync::Mutex::new(None),
             usage,
+            packs: loaded.maintenance_handle(),
         });
         loaded.watch_refs(tx.clone());
         let thread_shared = shared.clone();
@@ -472,6 +580,46 @@ impl Store {
     }
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Error> {
+        self.submit(req).await
+    }
+
+    /// A Put whose permissions were checked at auth revision `auth` (when
+    /// auth is on): refused with `AuthOldRevision` if users or roles changed
+    /// since.
+    pub async fn put_as(&self, req: PutRequest, auth: Option<u64>) -> Result<PutResponse, Error> {
+        match auth {
+            Some(auth_revision) => self.submit(auth::Guarded { op: req, auth_revision }).await,
+            None => self.submit(req).await,
+        }
+    }
+
+    /// A DeleteRange checked at auth revision `auth` (see [`Store::put_as`]).
+    pub async fn delete_range_as(
+        &self,
+        req: DeleteRangeRequest,
+        auth: Option<u64>,
+    ) -> Result<DeleteRangeResponse, Error> {
+        match auth {
+            Some(auth_revision) => self.submit(auth::Guarded { op: req, auth_revision }).await,
+            None => self.submit(req).await,
+        }
+    }
+
+    /// A Txn checked at auth revision `auth` (see [`Store::put_as`]); a
+    /// read-only one is answered from the latest snapshot.
+    pub async fn txn_as(&self, req: TxnRequest, auth: Option<u64>) -> Result<TxnResponse, Error> {
+        match auth {
+            Some(auth_revision) if !is_read_only(&req) => self.submit(auth::Guarded { op: req, auth_revision }).await,
+            _ => self.txn(req).await,
+        }
+    }
+
+    /// etcd's Alarm request (GET, ACTIVATE, DEACTIVATE); raising and
+    /// clearing are recorded in the metadata (`alarms`).
+    pub async fn alarm(
+        &self,
+        req: crate::proto::etcdserverpb::AlarmRequest,
+    ) -> Result<crate::proto::etcdserverpb::AlarmResponse, Error> {
         self.submit(req).await
     }
 

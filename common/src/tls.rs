@@ -189,3 +189,90 @@ impl ResolvesServerCert for ReloadingCert {
         Some(current.0.clone())
     }
 }
+
+/// The common name of the client certificate a connection presented and
+/// `--client-cert-auth` verified: carried in each request's extensions, it
+/// names the user when the request has no auth token (etcd's rule).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCommonName(pub String);
+
+/// The subject common name of a DER certificate (the last one, as Go's
+/// `pkix.Name` keeps), or `None` if it has none or cannot be read.
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    /// Splits one DER element off `input`: its tag, its content, the rest.
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n].iter().fold(0usize, |l, b| (l << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    let (SEQUENCE, cert, _) = element(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = element(cert)? else {
+        return None;
+    };
+    let mut fields = tbs;
+    // The optional explicit version ([0]), then serial, signature, issuer,
+    // validity: the subject is the next.
+    let (tag, _, rest) = element(fields)?;
+    if tag == 0xa0 {
+        fields = rest;
+    }
+    for _ in 0..4 {
+        fields = element(fields)?.2;
+    }
+    let (SEQUENCE, mut rdns, _) = element(fields)? else {
+        return None;
+    };
+    let mut found = None;
+    while !rdns.is_empty() {
+        let (SET, mut set, rest) = element(rdns)? else {
+            return None;
+        };
+        rdns = rest;
+        while !set.is_empty() {
+            let (SEQUENCE, attribute, rest) = element(set)? else {
+                return None;
+            };
+            set = rest;
+            let (0x06, oid, value) = element(attribute)? else {
+                return None;
+            };
+            if oid == COMMON_NAME {
+                let (_, text, _) = element(value)?;
+                found = Some(String::from_utf8_lossy(text).into_owned());
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    /// A certificate made by `openssl req -x509 … -subj "/O=trishanku/CN=alice"`.
+    const CERT: &str = "MIIBnTCCAUOgAwIBAgIUDYSIDKmecuEpebY1Yi/xtRu30p4wCgYIKoZIzj0EAwIwJDESMBAGA1UECgwJdHJpc2hhbmt1MQ4wDAYDVQQDDAVhbGljZTAeFw0yNjEyMDExMTE2NTdaFw0zNjExMjgxMTE2NTdaMCQxEjAQBgNVBAoMCXRyaXNoYW5rdTEOMAwGA1UEAwwFYWxpY2UwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQ7bWqBafx6Ct8vXFD/H80GMnX61fILemVL+NxkoyN7yLKj+ckZYOiHxNrfpgU+xCMj5bJZ3W9e2hRKM2oNlGVbo1MwUTAdBgNVHQ4EFgQUFLdKmnWkvejaKwyUSl6LoF+zE5wwHwYDVR0jBBgwFoAUFLdKmnWkvejaKwyUSl6LoF+zE5wwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiBMnWZEavORE0pmByGUWZ7JzgFH91BxWFZc290SJEk/bQIhAPM0eZI5C0frGwpBfp2Cgm5x65dpNHQoEmcddl6fC8sY";
+
+    #[test]
+    fn subject_common_name() -> Result<(), base64::DecodeError> {
+        let der = base64::engine::general_purpose::STANDARD.decode(CERT)?;
+        assert_eq!(super::common_name(&der).as_deref(), Some("alice"));
+        assert_eq!(super::common_name(&der[..40]), None);
+        assert_eq!(super::common_name(b""), None);
+        Ok(())
+    }
+}

@@ -23,11 +23,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the etcd v3 API from the repository.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Build or catch up metadata for the data ref's history (same as gitcd-init).
     Init(InitArgs),
     /// Merge participants' branches into one branch and push it (same as gitcd-pull).
-    Pull(trishanku::cli::pull::PullArgs),
+    Pull(Box<trishanku::cli::pull::PullArgs>),
+    /// Make a new repository from a snapshot (`etcdctl snapshot save`'s file, or the Git bundle it holds).
+    Restore(RestoreArgs),
     /// Print gitcd's version and the etcd version it reports.
     Version,
 }
@@ -36,6 +38,21 @@ enum Command {
 struct InitArgs {
     #[command(flatten)]
     store: StoreArgs,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The snapshot file.
+    file: std::path::PathBuf,
+    /// The repository to make: a missing or empty directory.
+    #[arg(long, env = "GITCD_REPO")]
+    repo: std::path::PathBuf,
+    /// Author and committer name of the refs' log entries.
+    #[arg(long, env = "GITCD_COMMITTER_NAME", default_value = "trishanku")]
+    committer_name: String,
+    /// Author and committer email of the refs' log entries.
+    #[arg(long, env = "GITCD_COMMITTER_EMAIL", default_value = "trishanku@heaven.com")]
+    committer_email: String,
 }
 
 fn main() -> ExitCode {
@@ -49,7 +66,31 @@ fn main() -> ExitCode {
         }
         Command::Init(args) => trishanku::cli::store::run_init(&args.store),
         Command::Pull(args) => trishanku::cli::pull::run(&args),
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Restore(args) => restore(args),
+    }
+}
+
+fn restore(args: RestoreArgs) -> ExitCode {
+    let committer = common::repo::Signature {
+        name: args.committer_name,
+        email: args.committer_email,
+    };
+    match common::store::restore(&args.file, &args.repo, committer) {
+        Ok(r) => {
+            println!(
+                "{}: {} and {} at revision {}",
+                args.repo.display(),
+                r.data_ref,
+                r.metadata_ref,
+                r.revision
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", common::error::chain(&e));
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

@@ -54,6 +54,30 @@ pub struct ServeArgs {
     pub remote: RemoteArgs,
     #[command(flatten)]
     pub merge: MergeArgs,
+    /// Seconds a simple auth token lives unused (etcd's --auth-token-ttl).
+    #[arg(long, env = "GITCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of new password hashes, 4 to 31 (etcd's --bcrypt-cost).
+    #[arg(long, env = "GITCD_BCRYPT_COST", default_value_t = common::auth::DEFAULT_BCRYPT_COST)]
+    pub bcrypt_cost: u32,
+    /// Most bytes of live keys and values before writes are refused with NOSPACE; 0: 2 GiB; negative: no quota.
+    #[arg(
+        long,
+        env = "GITCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
+    /// Confine the clients of --listen-urls to keys under this prefix, which they do not see (etcd grpc-proxy's --namespace).
+    #[arg(long, env = "GITCD_NAMESPACE", default_value = "")]
+    pub namespace: String,
+    /// PREFIX=URL[,URL]: serve another namespace on its own URLs; repeatable (in the environment, separated by ';').
+    #[arg(
+        long = "namespace-listen-urls",
+        env = "GITCD_NAMESPACE_LISTEN_URLS",
+        value_delimiter = ';'
+    )]
+    pub namespace_listen_urls: Vec<String>,
 }
 
 impl ServeArgs {
@@ -110,6 +134,36 @@ impl ServeArgs {
         }
         common::server::check_tls(&listen, tls.as_ref())?;
         common::server::check_tls(&listen_metrics, tls.as_ref())?;
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(format!("--bcrypt-cost {}: must be from 4 to 31", self.bcrypt_cost));
+        }
+        if self.auth_token_ttl == 0 {
+            return Err("--auth-token-ttl must be more than 0".into());
+        }
+        let quota = match self.quota_backend_bytes {
+            q if q < 0 => None,
+            0 => Some(common::etcd::DEFAULT_QUOTA_BYTES),
+            q => Some(q),
+        };
+        let mut tenants = Vec::new();
+        for spec in self.namespace_listen_urls.iter().filter(|s| !s.trim().is_empty()) {
+            let (prefix, urls) = spec
+                .split_once('=')
+                .ok_or_else(|| format!("--namespace-listen-urls {spec:?}: must be PREFIX=URL[,URL]"))?;
+            if prefix.is_empty() {
+                return Err(format!("--namespace-listen-urls {spec:?}: the prefix is empty"));
+            }
+            let listen =
+                common::http::parse_urls(urls).map_err(|e| format!("--namespace-listen-urls {spec:?}: {e}"))?;
+            if listen.is_empty() {
+                return Err(format!("--namespace-listen-urls {spec:?}: no URL given"));
+            }
+            common::server::check_tls(&listen, tls.as_ref())?;
+            tenants.push(common::server::Tenant {
+                prefix: prefix.as_bytes().to_vec().into(),
+                listen,
+            });
+        }
         let advertise = self.advertise_client_urls.as_deref().unwrap_or(&self.listen_urls);
         Ok(common::server::ServeConfig {
             store,
@@ -125,6 +179,11 @@ impl ServeArgs {
             max_request_bytes: self.max_request_bytes,
             watch_progress_interval: self.watch_progress_notify_interval,
             pull: self.pull_config(&store_repo)?,
+            auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl),
+            bcrypt_cost: self.bcrypt_cost,
+            quota_backend_bytes: quota,
+            namespace: self.namespace.as_bytes().to_vec().into(),
+            tenants,
         })
     }
 }

@@ -112,6 +112,8 @@ impl StoreArgs {
                 "off" => common::repo::Maintenance::Off,
                 _ => common::repo::Maintenance::Auto,
             },
+            // Set by the server from its member's identity.
+            member_id: 0,
         })
     }
 }

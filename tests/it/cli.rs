@@ -47,6 +47,18 @@ fn usage_errors_exit_64() -> Result<()> {
         (&["serve", "--start-revision", "0"], "start-revision"),
         (&["serve", "--poll-interval", "soon"], "not a duration"),
         (&["frobnicate"], "frobnicate"),
+        (
+            &["serve", "--namespace-listen-urls", "http://127.0.0.1:2390"],
+            "must be PREFIX=URL[,URL]",
+        ),
+        (
+            &["serve", "--namespace-listen-urls", "=http://127.0.0.1:2390"],
+            "the prefix is empty",
+        ),
+        (&["serve", "--namespace-listen-urls", "/t/="], "no URL given"),
+        (&["serve", "--bcrypt-cost", "3"], "--bcrypt-cost 3"),
+        (&["serve", "--auth-token-ttl", "0"], "--auth-token-ttl"),
+        (&["restore"], "FILE"),
     ];
     for (args, needle) in cases {
         let o = gitcd(args)?;

@@ -242,3 +242,51 @@ async fn a_restored_participant_goes_on_upward() -> Result<()> {
     a.stop().await?;
     Ok(())
 }
+
+/// The auth ref stays home: a participant serving with --push and auth
+/// users pushes its branch pair (a key written after the users reaches the
+/// upstream), git-post pushes the pair again, and the upstream never gets
+/// `refs/gitcd/auth/…`, so password hashes do not reach a Git host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_ref_is_never_pushed() -> Result<()> {
+    use common::proto::etcdserverpb::{AuthRoleAddRequest, AuthUserAddRequest, auth_client::AuthClient};
+    let dir = tempfile::tempdir()?;
+    let up = upstream(dir.path()).await?;
+    let (repo, gitcd) = participant(dir.path(), "a", &up).await?;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gitcd.addr))?
+        .connect()
+        .await?;
+    let mut auth = AuthClient::new(channel);
+    auth.user_add(AuthUserAddRequest {
+        name: "alice".into(),
+        password: "a secret".into(),
+        ..Default::default()
+    })
+    .await?;
+    auth.role_add(AuthRoleAddRequest { name: "ops".into() }).await?;
+    let mut c = gitcd.client().await?;
+    put(&mut c, "/registry/after-auth", "pushed").await?;
+    eventually("the key to reach the upstream", Duration::from_secs(60), || {
+        let up = up.clone();
+        async move {
+            Ok(git(&up, &["show", "refs/heads/a:registry/after-auth"])
+                .ok()
+                .filter(|v| v == "pushed")
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    gitcd.stop().await?;
+    ensure!(
+        !git(&repo, &["for-each-ref", "refs/gitcd/auth/"])?.is_empty(),
+        "the participant has its auth ref"
+    );
+    git_post(&repo, "a", &up).await?;
+    let refs = git(&up, &["for-each-ref", "--format=%(refname)"])?;
+    ensure!(refs.contains("refs/heads/a"), "{refs}");
+    ensure!(
+        !refs.contains("refs/gitcd/auth"),
+        "the upstream has no auth ref: {refs}"
+    );
+    Ok(())
+}

@@ -145,10 +145,12 @@ impl Server {
             max_request_bytes: common::etcd::DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_interval: Duration::from_secs(5),
             pull: None,
+            ..common::server::ServeConfig::new(StoreConfig::with_repo(repo), Vec::new())
         };
         let listeners = common::server::Listeners {
             client: vec![(listener, https)],
             metrics: metrics_listener.map(|l| (l, false)).into_iter().collect(),
+            tenants: Vec::new(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(common::server::serve(config, listeners, async move {
@@ -286,6 +288,83 @@ async fn tls_and_client_certificates() -> Result<()> {
         code == 200 && body == "{\"health\":\"true\",\"reason\":\"\"}",
         "{code} {body}"
     );
+    server.stop().await
+}
+
+/// Auth with --client-cert-auth, as etcd combines them: a request without a
+/// token is the user its client certificate names (its common name), users
+/// without a password included; permissions then apply to it as to a
+/// token's user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_names_the_user() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(dir.path(), "trusted")?;
+    let (cert, key) = pki.issue("gitcd", true)?;
+    let (root_cert, root_key) = pki.issue("root", false)?;
+    let (app_cert, app_key) = pki.issue("app-client", false)?;
+    let tls = common::tls::TlsConfig {
+        cert_file: cert,
+        key_file: key,
+        trusted_ca_file: Some(pki.ca()),
+        client_cert_auth: true,
+    };
+    let server = Server::start(&dir.path().join("repo"), Some(tls), false).await?;
+    let addr = server.addr;
+    let v35 = crate::support::etcdctl35()?;
+    let as_cert = |cert: &Path, key: &Path| {
+        vec![
+            format!("--cert={}", cert.display()),
+            format!("--key={}", key.display()),
+            format!("--endpoints=https://{addr}"),
+        ]
+    };
+    let root = as_cert(&root_cert, &root_key);
+    let app = as_cert(&app_cert, &app_key);
+    eventually("gitcd over TLS", Duration::from_secs(30), || {
+        let (v35, root, ca) = (v35.clone(), root.clone(), pki.ca());
+        async move {
+            Ok(etcdctl_tls_with(&v35, addr, &ca, &root, &["endpoint", "health"])?
+                .status
+                .success()
+                .then_some(()))
+        }
+    })
+    .await?;
+    let run = |who: &[String], args: &[&str]| -> Result<(bool, String)> {
+        let o = etcdctl_tls_with(&v35, addr, &pki.ca(), who, args)?;
+        Ok((
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ))
+    };
+    for args in [
+        &["user", "add", "root", "--no-password"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "app"],
+        &["role", "grant-permission", "app", "readwrite", "/app/", "--prefix"],
+        &["user", "add", "app-client", "--no-password"],
+        &["user", "grant-role", "app-client", "app"],
+        &["auth", "enable"],
+    ] {
+        let (ok, out) = run(&root, args)?;
+        ensure!(ok, "{args:?}: {out}");
+    }
+    let (ok, out) = run(&app, &["put", "/app/x", "1"])?;
+    ensure!(ok, "the certificate's user may write its prefix: {out}");
+    let (ok, out) = run(&app, &["put", "/other", "1"])?;
+    ensure!(!ok && out.contains("Error: etcdserver: permission denied"), "{out}");
+    let (ok, out) = run(&app, &["user", "list"])?;
+    ensure!(!ok && out.contains("permission denied"), "{out}");
+    let (ok, out) = run(&root, &["user", "list"])?;
+    ensure!(ok && out.contains("app-client") && out.contains("root"), "{out}");
+    let (ok, out) = run(&root, &["get", "/app/x", "--print-value-only"])?;
+    ensure!(ok && out.trim() == "1", "{out}");
+    let (ok, out) = run(&root, &["auth", "disable"])?;
+    ensure!(ok, "{out}");
     server.stop().await
 }
 

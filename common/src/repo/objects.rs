@@ -100,6 +100,12 @@ impl ObjectWriter {
         self.packs.counters()
     }
 
+    /// Asks this process's pack maintainer for work (see
+    /// [`super::maintenance::MaintenanceHandle`]).
+    pub fn maintenance_handle(&self) -> super::maintenance::MaintenanceHandle {
+        self.packs.handle()
+    }
+
     /// Whether this writer maintains the repository's packs.
     pub fn maintains(&self) -> bool {
         self.packs.maintains()

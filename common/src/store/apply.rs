@@ -11,8 +11,9 @@ use super::range::{KeyRange, range_map, select};
 use super::{Error, Granted, Kv, Lease, Snapshot};
 use crate::meta::KeyMeta;
 use crate::proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare, request_op, response_op,
+    AlarmMember, AlarmRequest, AlarmResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    alarm_request, compare, request_op, response_op,
 };
 
 /// One key's change within a revision.
@@ -62,6 +63,8 @@ pub struct Apply<'a> {
     /// When the request is applied: the write time of the values it puts
     /// (nanoseconds since the Unix epoch).
     pub now: i64,
+    /// What changed in users and roles, for the auth ref's commit message.
+    pub auth_notes: Vec<String>,
 }
 
 /// Now, in nanoseconds since the Unix epoch.
@@ -91,6 +94,19 @@ impl<'a> Apply<'a> {
             leases: Vec::new(),
             own_commit: None,
             now: unix_nanos(),
+            auth_notes: Vec::new(),
+        }
+    }
+
+    /// etcd's alarm appliers: with CORRUPT raised every write is refused;
+    /// with NOSPACE, the writes that add data (`adds`).
+    pub fn writable(&self, adds: bool) -> Result<(), Error> {
+        if self.state.alarmed(super::ALARM_CORRUPT) {
+            Err(Error::Corrupt)
+        } else if adds && self.state.alarmed(super::ALARM_NOSPACE) {
+            Err(Error::NoSpace)
+        } else {
+            Ok(())
         }
     }
 
@@ -110,6 +126,7 @@ impl<'a> Apply<'a> {
 
     /// A standalone Put (etcd checks its lease first).
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, Error> {
+        self.writable(true)?;
         if req.lease != 0 && !self.state.leases.contains_key(&req.lease) {
             return Err(Error::LeaseNotFound);
         }
@@ -248,6 +265,9 @@ impl<'a> Apply<'a> {
     }
 
     pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, Error> {
+        if !is_read_only(req) {
+            self.writable(puts_data(req))?;
+        }
         let path = self.compare_path(req);
         self.check_requests(req, &path, &|a, op| a.check_range(op))?;
         if !is_read_only(req) {
@@ -371,6 +391,7 @@ impl<'a> Apply<'a> {
 impl Apply<'_> {
     /// Records `revision` as the compact revision; answers the revision now.
     pub fn compact(&mut self, revision: i64) -> Result<i64, Error> {
+        self.writable(false)?;
         if revision <= self.state.compact_revision {
             return Err(Error::Compacted);
         }
@@ -384,6 +405,7 @@ impl Apply<'_> {
 
     /// Grants a lease; id 0 picks a random free positive id.
     pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<Granted, Error> {
+        self.writable(true)?;
         if ttl > MAX_LEASE_TTL {
             return Err(Error::LeaseTtlTooLarge);
         }
@@ -415,6 +437,7 @@ impl Apply<'_> {
     /// Revokes a lease and deletes its keys, in one revision; answers the
     /// revision after.
     pub fn lease_revoke(&mut self, id: i64) -> Result<i64, Error> {
+        self.writable(false)?;
         let lease = self.state.leases.remove(&id).ok_or(Error::LeaseNotFound)?;
         for key in lease.keys.iter() {
             self.delete_range(&DeleteRangeRequest {
@@ -427,12 +450,64 @@ impl Apply<'_> {
         Ok(self.current())
     }
 
-    /// A lease whose deadline passed: revoked as by its owner. One already
-    /// gone only loses its clock.
+    /// A lease whose deadline passed: revoked as by its owner, alarms or
+    /// not. One already gone only loses its clock.
     pub fn lease_expire(&mut self, id: i64) {
-        match self.lease_revoke(id) {
-            Ok(_) => {}
-            Err(_) => self.leases.push(LeaseChange::Revoked { id }),
+        let Some(lease) = self.state.leases.remove(&id) else {
+            self.leases.push(LeaseChange::Revoked { id });
+            return;
+        };
+        for key in lease.keys.iter() {
+            self.delete_range(&DeleteRangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            });
+        }
+        self.notes.push(format!("lease revoke {id}"));
+        self.leases.push(LeaseChange::Revoked { id });
+    }
+
+    /// etcd's alarm request: GET lists the raised alarms (of one type, or all
+    /// for NONE); ACTIVATE raises one (answering it, new or not);
+    /// DEACTIVATE clears one (answering it if it was raised).
+    pub fn alarm(&mut self, req: &AlarmRequest) -> AlarmResponse {
+        use alarm_request::AlarmAction;
+        let member = |(id, alarm): &(u64, i32)| AlarmMember {
+            member_id: *id,
+            alarm: *alarm,
+        };
+        let mut alarms = Vec::new();
+        match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => {
+                alarms = self
+                    .state
+                    .alarms
+                    .iter()
+                    .filter(|(_, a)| req.alarm == 0 || *a == req.alarm)
+                    .map(member)
+                    .collect();
+            }
+            Ok(AlarmAction::Activate) if req.alarm != 0 => {
+                let raised = (req.member_id, req.alarm);
+                if self.state.alarms.insert(raised).is_none() {
+                    self.notes
+                        .push(format!("alarm activate {} {}", raised.0, alarm_name(raised.1)));
+                }
+                alarms.push(member(&raised));
+            }
+            Ok(AlarmAction::Deactivate) => {
+                let cleared = (req.member_id, req.alarm);
+                if self.state.alarms.remove(&cleared).is_some() {
+                    self.notes
+                        .push(format!("alarm deactivate {} {}", cleared.0, alarm_name(cleared.1)));
+                    alarms.push(member(&cleared));
+                }
+            }
+            _ => {}
+        }
+        AlarmResponse {
+            header: header(self.begin),
+            alarms,
         }
     }
 
@@ -489,6 +564,23 @@ impl Apply<'_> {
         });
         Ok(Some(self.next()))
     }
+}
+
+fn alarm_name(alarm: i32) -> &'static str {
+    match alarm {
+        super::ALARM_NOSPACE => "NOSPACE",
+        super::ALARM_CORRUPT => "CORRUPT",
+        _ => "NONE",
+    }
+}
+
+/// Whether a txn puts data as etcd's quota counts it: a put among its own
+/// success or failure ops (nested txns are not counted, as in etcd).
+pub fn puts_data(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .any(|op| matches!(op.request, Some(request_op::Request::RequestPut(_))))
 }
 
 /// Whether a txn (all branches, nested too) has no writes.
@@ -581,10 +673,9 @@ mod tests {
         );
         Snapshot {
             revision: 5,
-            compact_revision: -1,
             kvs,
             leases,
-            data_commit: ObjectId::null(gix::hash::Kind::Sha1),
+            ..Snapshot::empty(5)
         }
     }
 

@@ -55,6 +55,8 @@ impl Writer {
         let mut finals: BTreeMap<&Bytes, Option<&Kv>> = BTreeMap::new();
         for c in revisions.iter().flat_map(|r| &r.changes) {
             finals.insert(&c.key, c.new.as_ref());
+            let size = |kv: Option<&Kv>| kv.map_or(0, |kv| super::kv_bytes(&c.key, kv));
+            self.working.live_bytes += size(c.new.as_ref()) - size(c.prev.as_ref());
         }
         for (key, new) in finals {
             let [shard, rest] = meta::key_path(key);
@@ -169,6 +171,29 @@ impl Writer {
         }
     }
 
+    /// Writes a commit of the auth ref for the current users and roles;
+    /// `notes` say what changed. The ref moves with the batch's others.
+    pub(super) fn write_auth_commit(&mut self, notes: &[String]) -> Result<(), StorageError> {
+        let state = self.working.auth.clone();
+        let mut tree = TreeNode::empty();
+        for (path, content) in crate::auth::encode(&state) {
+            let id = self.objects.write(Kind::Blob, &content)?;
+            match path.as_slice() {
+                [name] => tree.set_file(name, id),
+                _ => tree.put(&self.repo, &path, id)?,
+            }
+        }
+        let tree = tree.write(&mut self.objects)?;
+        let message = format!("auth {}\n\n{}", state.revision, notes.join("\n"));
+        let parents: Vec<ObjectId> = self.auth_head.into_iter().collect();
+        let body = repo::encode_commit(tree, &parents, &self.config.committer, &message);
+        let id = self.objects.write(Kind::Commit, &body)?;
+        let old = self.auth_pending.map_or(self.auth_head, |(old, _)| old);
+        self.auth_pending = Some((old, id));
+        self.auth_head = Some(id);
+        Ok(())
+    }
+
     /// Writes a metadata commit for the current state, which revisions
     /// `first..=last` brought (with their `log` when several).
     pub(super) fn write_meta_commit(
@@ -207,6 +232,11 @@ impl Writer {
         put(
             meta::LEASES_ENTRY,
             (!leases.is_empty()).then(|| meta::encode_leases(&leases)),
+        )?;
+        let alarms = &self.working.alarms;
+        put(
+            meta::ALARMS_ENTRY,
+            (!alarms.is_empty()).then(|| meta::encode_alarms(alarms)),
         )?;
         let logged = log.is_some();
         put(meta::LOG_ENTRY, log)?;

@@ -10,7 +10,8 @@ use super::apply::Apply;
 use super::changes::ChangeSet;
 use super::{Applied, Error, Granted};
 use crate::proto::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse, request_op,
+    AlarmRequest, AlarmResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest,
+    TxnResponse, request_op,
 };
 
 /// A request the writer applies.
@@ -43,7 +44,15 @@ impl Operation for PutRequest {
 impl Operation for DeleteRangeRequest {
     type Output = DeleteRangeResponse;
     fn apply(&self, a: &mut Apply<'_>) -> Result<DeleteRangeResponse, Error> {
+        a.writable(false)?;
         Ok(a.delete_range(self))
+    }
+}
+
+impl Operation for AlarmRequest {
+    type Output = AlarmResponse;
+    fn apply(&self, a: &mut Apply<'_>) -> Result<AlarmResponse, Error> {
+        Ok(a.alarm(self))
     }
 }
 

@@ -38,13 +38,7 @@ impl Writer {
         }
         let meta_ref = local.ref_target(&config.metadata_ref)?;
         let data_ref = local.ref_target(&config.data_ref)?;
-        let working = Snapshot {
-            revision: config.start_revision - 1,
-            compact_revision: -1,
-            kvs: imbl::OrdMap::new(),
-            leases: imbl::OrdMap::new(),
-            data_commit: ObjectId::null(gix::hash::Kind::Sha1),
-        };
+        let working = Snapshot::empty(config.start_revision - 1);
         let objects = ObjectWriter::new(repo.git_dir(), config.maintenance);
         let mut w = Writer::assemble(local, objects, config.clone(), working, lock);
         match meta_ref {
@@ -54,6 +48,7 @@ impl Writer {
                 w.reconcile(data_ref)?;
             }
         }
+        w.load_auth()?;
         let marker = restored_marker_path(repo.git_dir(), &config.metadata_ref);
         if marker.exists() {
             w.jump_after_restore()?;
@@ -152,6 +147,10 @@ impl Writer {
             Some(b) => meta::decode_leases(&b).map_err(|e| malformed(meta::LEASES_ENTRY, e))?,
             None => Vec::new(),
         };
+        let alarms = match blob(meta::ALARMS_ENTRY)? {
+            Some(b) => meta::decode_alarms(&b).map_err(|e| malformed(meta::ALARMS_ENTRY, e))?,
+            None => Vec::new(),
+        };
 
         // Keys and values.
         let data_commit = self.repo.commit(data)?;
@@ -192,12 +191,16 @@ impl Writer {
                 l.keys.insert(k.clone());
             }
         }
+        let live_bytes = kvs.iter().map(|(k, kv)| super::kv_bytes(k, kv)).sum();
         self.working = Snapshot {
             revision,
             compact_revision: compact,
             kvs,
             leases: lease_map,
             data_commit: data,
+            alarms: alarms.into_iter().collect(),
+            live_bytes,
+            auth: self.working.auth.clone(),
         };
 
         // The revision index: the metadata commits' first-parent chain.
@@ -256,6 +259,30 @@ impl Writer {
         self.meta_tree = TreeNode::load(&self.repo, commit.tree)?;
         self.data_head = Some(data);
         self.meta_head = Some(head);
+        Ok(())
+    }
+
+    /// Loads users, roles and permissions from the auth ref (none yet: auth
+    /// is off, revision 1).
+    pub(super) fn load_auth(&mut self) -> Result<(), StorageError> {
+        let auth_ref = self.config.auth_ref();
+        let Some(head) = self.repo.ref_target(&auth_ref)? else {
+            self.auth_head = None;
+            self.working.auth = Default::default();
+            return Ok(());
+        };
+        let tree = self.repo.commit(head)?.tree;
+        let mut files = Vec::new();
+        for (path, id) in tree::walk_files(&self.repo, tree)? {
+            files.push((path, self.repo.read(id, Kind::Blob)?));
+        }
+        let state = crate::auth::decode(files).map_err(|source| StorageError::Auth {
+            auth_ref,
+            commit: head,
+            source,
+        })?;
+        self.auth_head = Some(head);
+        self.working.auth = Arc::new(state);
         Ok(())
     }
 

@@ -254,11 +254,8 @@ mod tests {
     #[test]
     fn revision_checks() {
         let snap = Snapshot {
-            revision: 10,
             compact_revision: 4,
-            kvs: imbl::OrdMap::new(),
-            leases: imbl::OrdMap::new(),
-            data_commit: gix::ObjectId::null(gix::hash::Kind::Sha1),
+            ..Snapshot::empty(10)
         };
         assert!(matches!(read_revision(&snap, 11), Err(Error::FutureRevision)));
         assert!(matches!(read_revision(&snap, 3), Err(Error::Compacted)));

@@ -40,6 +40,7 @@ pub(super) struct Durable {
     pub snapshot: Snapshot,
     pub data_head: ObjectId,
     pub meta_head: Option<ObjectId>,
+    pub auth_head: Option<ObjectId>,
 }
 
 /// Data commits the store has written or ingested lately: where a walk of
@@ -79,6 +80,10 @@ pub struct Writer {
     pub(super) meta_tree: TreeNode,
     pub(super) data_head: Option<ObjectId>,
     pub(super) meta_head: Option<ObjectId>,
+    /// The auth ref's commit (none until the first change of users or roles).
+    pub(super) auth_head: Option<ObjectId>,
+    /// The auth ref's move to make with the next refs: (old, new).
+    pub(super) auth_pending: Option<(Option<ObjectId>, ObjectId)>,
     pub(super) working: Snapshot,
     pub(super) revisions: Arc<Revisions>,
     pub(super) known: Known,
@@ -120,6 +125,10 @@ impl Writer {
         self.objects.maintains()
     }
 
+    pub fn maintenance_handle(&self) -> crate::repo::maintenance::MaintenanceHandle {
+        self.objects.maintenance_handle()
+    }
+
     pub fn revisions(&self) -> Arc<Revisions> {
         self.revisions.clone()
     }
@@ -141,6 +150,8 @@ impl Writer {
             meta_tree: TreeNode::empty(),
             data_head: None,
             meta_head: None,
+            auth_head: None,
+            auth_pending: None,
             working,
             revisions: Arc::new(Revisions::default()),
             known: Known::default(),
@@ -178,6 +189,7 @@ impl Writer {
             snapshot: self.working.clone(),
             data_head: self.data_head.expect("an open store has a data commit"),
             meta_head: self.meta_head,
+            auth_head: self.auth_head,
         });
     }
 
@@ -271,6 +283,9 @@ impl Writer {
                         }));
                     }
                     tracing::error!(error = %crate::error::chain(&e), "write failed");
+                    if e.is_disk_full() {
+                        self.disk_full(shared);
+                    }
                     break Some(e);
                 }
             }
@@ -313,12 +328,30 @@ impl Writer {
         });
     }
 
+    /// The disk is full: raise etcd's NOSPACE alarm, so that writes which
+    /// add data are refused until an operator frees space and disarms it
+    /// (`etcdctl alarm disarm`). Held in memory until a metadata commit can
+    /// record it.
+    fn disk_full(&mut self, shared: &Shared) {
+        let alarm = (self.config.member_id, super::ALARM_NOSPACE);
+        if self.working.alarms.contains(&alarm) {
+            return;
+        }
+        tracing::warn!("the disk is full: NOSPACE alarm raised; free space, then `etcdctl alarm disarm`");
+        self.working.alarms.insert(alarm);
+        if let Some(d) = &mut self.durable {
+            d.snapshot.alarms.insert(alarm);
+        }
+        *shared.snapshot.write().expect("snapshot lock is never poisoned") = Arc::new(self.working.clone());
+    }
+
     /// Forgets everything not durable: reloads from the refs.
     fn rollback(&mut self) -> Result<(), StorageError> {
         self.pending_events.clear();
         self.group.clear();
         self.group_notes.clear();
         self.lease_changes.clear();
+        self.auth_pending = None;
         self.objects.discard();
         let repo_meta = self.repo.ref_target(&self.config.metadata_ref)?;
         let durable = self.durable.clone().expect("an open store is durable");
@@ -331,6 +364,7 @@ impl Writer {
             self.working = durable.snapshot;
             self.data_head = Some(durable.data_head);
             self.meta_head = durable.meta_head;
+            self.auth_head = durable.auth_head;
             let data_tree = self.repo.commit(durable.data_head)?.tree;
             self.data_tree = TreeNode::load(&self.repo, data_tree)?;
             self.meta_tree = match durable.meta_head {
@@ -340,6 +374,7 @@ impl Writer {
         } else if let Some(m) = repo_meta {
             // Someone else wrote metadata: start over from it.
             self.load(m)?;
+            self.load_auth()?;
             self.mark_durable();
         }
         Ok(())
@@ -356,6 +391,7 @@ impl Writer {
             Some(durable.data_head)
         };
         let mut wrote = false;
+        let mut auth_notes = Vec::new();
         if data_ref != Some(durable.data_head)
             && let Some(theirs) = data_ref
         {
@@ -383,6 +419,7 @@ impl Writer {
             }
             let begin = a.begin;
             let (changes, notes, leases, own) = (a.changes, a.notes, a.leases, a.own_commit);
+            auth_notes.extend(a.auth_notes);
             self.lease_changes.extend(leases);
             if !changes.is_empty() {
                 self.working.revision = begin + 1;
@@ -408,6 +445,10 @@ impl Writer {
             }
         }
         self.flush_group()?;
+        if !auth_notes.is_empty() {
+            self.write_auth_commit(&auth_notes)?;
+            wrote = true;
+        }
         if wrote {
             let data_before = data_ref.or(Some(durable.data_head));
             self.persist(data_before, durable.meta_head)?;
@@ -427,17 +468,31 @@ impl Writer {
         self.objects.sync()?;
         let meta = self.meta_head.expect("persist after writing metadata");
         let data = self.data_head.expect("persist after writing data");
-        let mut edits = vec![RefUpdate {
-            name: &self.config.metadata_ref,
-            old: meta_before,
-            new: meta,
-        }];
+        let auth_ref = self.config.auth_ref();
+        let mut edits = Vec::new();
+        if meta_before != Some(meta) {
+            edits.push(RefUpdate {
+                name: &self.config.metadata_ref,
+                old: meta_before,
+                new: meta,
+            });
+        }
         if data_before != Some(data) {
             edits.push(RefUpdate {
                 name: &self.config.data_ref,
                 old: data_before,
                 new: data,
             });
+        }
+        if let Some((old, new)) = self.auth_pending.take() {
+            edits.push(RefUpdate {
+                name: &auth_ref,
+                old,
+                new,
+            });
+        }
+        if edits.is_empty() {
+            return Ok(());
         }
         let message = format!("gitcd: revision {}", self.working.revision);
         self.repo.update_refs(&edits, &message, &self.config.committer)?;
