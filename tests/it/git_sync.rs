@@ -162,7 +162,7 @@ fn readiness_metrics_and_following_a_branch() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let repo = source(dir.path(), "one")?;
     let root = dir.path().join("root");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = crate::support::free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let child = git_sync(dir.path())
         .args([
@@ -204,7 +204,7 @@ fn readiness_metrics_and_following_a_branch() -> Result<()> {
 fn not_ready_until_the_first_sync() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("root");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = crate::support::free_port()?;
     let addr = format!("127.0.0.1:{port}");
     // A repository that does not exist: the sync keeps failing.
     let child = git_sync(dir.path())

@@ -120,10 +120,18 @@ impl Gitcd {
             metrics: Vec::new(),
             tenants,
         };
-        let task = tokio::spawn(common::server::serve(config, listeners, async move {
+        let mut task = tokio::spawn(common::server::serve(config, listeners, async move {
             let _ = rx.await;
         }));
-        Client::ready(addr).await?;
+        // A server that fails to start says why, rather than leaving its
+        // port refusing connections until the wait times out.
+        tokio::select! {
+            ready = Client::ready(addr) => { ready?; }
+            ended = &mut task => match ended? {
+                Ok(()) => anyhow::bail!("gitcd on {addr} stopped before it answered"),
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("gitcd on {addr} did not start"))),
+            },
+        }
         Ok(Self {
             addr,
             tenants: tenant_addrs,
@@ -166,8 +174,20 @@ impl Drop for Gitcd {
 }
 
 /// A free loopback port (bound and released; good enough for tests).
+///
+/// The kernel may hand a port it just handed out again once its listener is
+/// closed, so two calls (in one test, or in tests running side by side)
+/// could get the same port: a port is never returned twice by one test run.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 /// A real etcd (Debian `etcd-server`) on loopback ports, with its data in a

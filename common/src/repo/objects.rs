@@ -14,11 +14,23 @@ use super::{Kind, LocalRepo, RepoError, io_err, tree};
 
 impl LocalRepo {
     /// Reads the raw bytes of object `id`, checking its kind.
+    ///
+    /// A `git gc` or `git repack` beside us deletes packs it has rewritten: a
+    /// read that listed such a pack and then finds it gone fails. The object
+    /// is in the new pack, so a failed read is tried again (gix lists the
+    /// packs anew) three times, over about a quarter of a second, before it
+    /// fails; a missing object is an error of ours, rare, and may wait that long.
     pub fn read(&self, id: ObjectId, expected: Kind) -> Result<Vec<u8>, RepoError> {
-        let obj = self
-            .git
-            .find_object(id)
-            .map_err(|source| RepoError::Read { id, source })?;
+        let mut retries = [10u64, 50, 200].into_iter();
+        let obj = loop {
+            match self.git.find_object(id) {
+                Ok(obj) => break obj,
+                Err(source) => match retries.next() {
+                    Some(ms) => std::thread::sleep(std::time::Duration::from_millis(ms)),
+                    None => return Err(RepoError::Read { id, source }),
+                },
+            }
+        };
         let actual = match obj.kind {
             gix::object::Kind::Blob => Kind::Blob,
             gix::object::Kind::Tree => Kind::Tree,
