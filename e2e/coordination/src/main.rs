@@ -16,7 +16,7 @@
 //! failure.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -669,10 +669,29 @@ async fn scenario(env: &mut Env) -> Result<()> {
     step("a participant restarted from an empty directory comes back whole, its revisions going up");
     let before = revision(&mut cb).await?;
     let b_keys = prefix(&mut cb, "/").await?;
+    // What b serves reaches the upstream within the durability window (its
+    // pushes are asynchronous): wait until b's branch there is b's own, so
+    // that everything read above was pushed, then kill it.
+    let up = env.up_root.join("up.git");
+    converge("b's branch pushed to the upstream", || {
+        let (up, local) = (up.clone(), b.dir.clone());
+        async move {
+            let head = |dir: &Path| -> Result<Vec<u8>> {
+                Ok(Command::new("git")
+                    .arg("-C")
+                    .arg(dir)
+                    .args(["rev-parse", "-q", "--verify", "refs/heads/b"])
+                    .output()?
+                    .stdout)
+            };
+            let ours = head(&local)?;
+            Ok(!ours.is_empty() && ours == head(&up)?)
+        }
+    })
+    .await?;
     if let Some(mut p) = b.proc.take() {
         p.kill9();
     }
-    // Everything b acknowledged was pushed (the automerge has it all).
     std::fs::remove_dir_all(&b.dir)?;
     b.prepare(env)?;
     b.serve(env)?;
