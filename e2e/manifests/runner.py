@@ -28,6 +28,7 @@ import http.client
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -204,6 +205,8 @@ class Container:
                 source = os.path.join(source, mount["subPath"])
                 os.makedirs(source, exist_ok=True)
             target = mount["mountPath"]
+            if os.path.commonpath([target, self.pod.runner.work]) == target.rstrip("/"):
+                raise RuntimeError(f"{self.name}: a volume at {target} would hide the runner's {self.pod.runner.work}")
             self.pod.runner.note_mountpoint(target)
             lines.append(f"mkdir -p {shlex.quote(target)}")
             lines.append(f"mount --bind {shlex.quote(source)} {shlex.quote(target)}")
@@ -512,14 +515,21 @@ class Runner:
         entry = dict(self.images[name])
         if "dockerfile" in entry:
             entry.update(dockerfile(entry["dockerfile"]))
+        # The image's files are copied into the work directory: where they
+        # were built (a checkout under /tmp, say) a pod's volume may hide them.
         path = os.path.join(self.work, "images", name.replace("/", "_"))
         os.makedirs(path, exist_ok=True)
+        binaries = {}
         for b, host in entry.get("bin", {}).items():
-            if "/" not in b and not isinstance(host, list):
-                link = os.path.join(path, b)
-                if not os.path.lexists(link):
-                    os.symlink(host, link)
-        entry.setdefault("bin", {})
+            argv = host if isinstance(host, list) else [host]
+            copy = os.path.join(path, os.path.basename(argv[-1]))
+            if not os.path.exists(copy):
+                try:
+                    os.link(argv[-1], copy)
+                except OSError:
+                    shutil.copy2(argv[-1], copy)
+            binaries[b] = argv[:-1] + [copy]
+        entry["bin"] = binaries
         entry["path"] = path
         self._cache[name] = entry
         return entry
