@@ -360,9 +360,27 @@ fn install(pack_dir: &Path, tmp_pack: &Path, index: &[u8], checksum: &[u8]) -> R
     let name = format!("pack-{}", hex(checksum));
     let pack = pack_dir.join(format!("{name}.pack"));
     let idx = pack_dir.join(format!("{name}.idx"));
-    let tmp_idx = write_synced(pack_dir, "idx", index)?;
     fs::rename(tmp_pack, &pack).map_err(io_err(&pack))?;
-    fs::rename(&tmp_idx, &idx).map_err(io_err(&idx))?;
+    // The index is written and renamed as late as possible, and written
+    // again if its temporary file vanished before the rename (a cleaner of
+    // temporary files beside us): the pack is invisible until it is there.
+    let mut attempts = 0;
+    loop {
+        let tmp_idx = write_synced(pack_dir, "idx", index)?;
+        match fs::rename(&tmp_idx, &idx) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 2 => {
+                attempts += 1;
+                tracing::warn!(file = %tmp_idx.display(), "a temporary pack index vanished before its rename; writing it again");
+            }
+            Err(e) => {
+                return Err(RepoError::Io {
+                    path: tmp_idx.clone(),
+                    source: std::io::Error::new(e.kind(), format!("renaming it to {}: {e}", idx.display())),
+                });
+            }
+        }
+    }
     sync_dir(pack_dir)?;
     Ok(pack)
 }
