@@ -78,7 +78,7 @@ e2e-manifests: deps ## Render, validate and apply the manifests on kube-apiserve
 
 bench: deps ## Benchmark gitcd against a real etcd in the same run (W1-W6); prints a table (see docs/performance.md)
 	$(CARGO) build --release --bin gitcd -p trishanku --bin gitcd-bench -p trishanku-bench
-	target/release/gitcd-bench --gitcd target/release/gitcd --etcd etcd $(BENCH_ARGS)
+	target/release/gitcd-bench --gitcd target/release/gitcd --etcd $(ETCD35)/bin/etcd,etcd $(BENCH_ARGS)
 
 bench-git-sync: ## Compare git-sync with kubernetes/git-sync (GIT_SYNC_V4=path to its binary, built by hand; see docs/performance.md)
 	@test -x "$${GIT_SYNC_V4:-}" || { echo "set GIT_SYNC_V4 to a kubernetes/git-sync v4 binary (see docs/performance.md)"; exit 1; }

@@ -3,14 +3,16 @@
 //!
 //! gix reads objects (loose and packed) and runs ref transactions. Objects are
 //! written by our own small writer because gix never fsyncs: a group's objects
-//! become one pack (and index), fsynced and renamed into place, before any ref
-//! points at them. Refs are fsynced after their transaction. Tree and commit
+//! become one pack (and index), renamed into place before any ref points at
+//! them; a store's groups are made durable by one sync of its [`journal`],
+//! other writers fsync the pack and, after their transaction, the refs. Tree and commit
 //! objects are encoded here too: the format is small and this keeps the hot
 //! path free of gix's validation costs.
 //!
 //! Topics: [`objects`] (reading, [`ObjectWriter`], fsync), [`refs`] (reading,
 //! compare-and-swap, watching for others' updates), [`commit`] (parsing,
-//! encoding, walks and merge bases), [`tree`] (parsing, encoding, the
+//! encoding, walks and merge bases), [`journal`] (durability with one sync
+//! per group, and recovery), [`tree`] (parsing, encoding, the
 //! editable tree cache, walks and diffs), `pack` and `delta` (the pack
 //! format), [`maintenance`] (who folds and consolidates a repository's packs),
 //! [`lock`] (the advisory locks that make one process the owner of a job).
@@ -18,6 +20,7 @@
 pub mod bundle;
 pub mod commit;
 mod delta;
+pub mod journal;
 pub mod lock;
 pub mod maintenance;
 pub mod objects;

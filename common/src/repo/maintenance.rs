@@ -29,6 +29,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::journal::Journal;
 use super::lock::{OwnerLock, maintenance_lock_path};
 use super::pack::{self, OFS_DELTA, PackBuilder, PackWriter};
 use super::{RepoError, io_err};
@@ -218,13 +219,22 @@ impl Packs {
         self.usage = Some(usage);
     }
 
-    /// Writes `pack` durably; its objects are then visible to readers.
-    pub fn write(&self, mut pack: PackBuilder) -> Result<(), RepoError> {
+    /// Writes `pack`; its objects are then visible to readers. With a
+    /// journal, the pack is written without fsync and added to the
+    /// journal's next record; without, it is durable when this returns.
+    pub fn write(&self, mut pack: PackBuilder, journal: Option<&mut Journal>) -> Result<(), RepoError> {
         if pack.is_empty() {
             return Ok(());
         }
         fs::create_dir_all(&self.pack_dir).map_err(io_err(&self.pack_dir))?;
-        let path = pack.finish(&self.pack_dir)?;
+        let path = match journal {
+            Some(journal) => {
+                let (path, checksum, index) = pack.finish_unsynced(&self.pack_dir)?;
+                journal.add_pack(&checksum, pack.bytes(), &index, &path);
+                path
+            }
+            None => pack.finish(&self.pack_dir)?,
+        };
         self.bytes_written.fetch_add(pack.len() as u64, Ordering::Relaxed);
         if let Some(usage) = &self.usage {
             usage.note(&[path.clone(), path.with_extension("idx")]);

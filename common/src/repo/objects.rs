@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use gix::ObjectId;
 
+use super::journal::{Journal, MAX_JOURNALED_PACK};
 use super::maintenance::{Maintenance, Packs};
 use super::pack::PackBuilder;
 use super::{Kind, LocalRepo, RepoError, io_err, tree};
@@ -86,6 +87,8 @@ impl LocalRepo {
 pub struct ObjectWriter {
     pending: PackBuilder,
     packs: Packs,
+    /// Where groups are made durable, once attached (see [`Journal`]).
+    journal: Option<Journal>,
 }
 
 /// Pack bytes held in memory before they are written out unasked.
@@ -99,6 +102,29 @@ impl ObjectWriter {
         Self {
             pending: PackBuilder::default(),
             packs: Packs::new(git_dir, maintenance),
+            journal: None,
+        }
+    }
+
+    /// Makes groups durable through `journal` from now on: packs are written
+    /// without fsync, and [`ObjectWriter::commit`] syncs the journal.
+    pub fn attach_journal(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
+    /// Whether a journal makes groups durable (refs may then move unsynced
+    /// before [`ObjectWriter::commit`]).
+    pub fn journaled(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Makes the packs written since the last call, and the refs' moves to
+    /// `refs`, durable: one journal record and one sync. Without a journal
+    /// there is nothing to do (every write was durable already).
+    pub fn commit(&mut self, refs: &[(&str, ObjectId)]) -> Result<(), RepoError> {
+        match &mut self.journal {
+            Some(j) => j.commit(refs),
+            None => Ok(()),
         }
     }
 
@@ -163,12 +189,17 @@ impl ObjectWriter {
 
     /// Makes every object written so far durable and visible, as one pack.
     pub fn sync(&mut self) -> Result<(), RepoError> {
-        self.packs.write(std::mem::take(&mut self.pending))
+        let pack = std::mem::take(&mut self.pending);
+        let journal = self.journal.as_mut().filter(|_| pack.len() <= MAX_JOURNALED_PACK);
+        self.packs.write(pack, journal)
     }
 
     /// Drops objects not yet synced (a failed group).
     pub fn discard(&mut self) {
         self.pending = PackBuilder::default();
+        if let Some(j) = &mut self.journal {
+            j.discard();
+        }
     }
 }
 

@@ -44,6 +44,10 @@ struct Tree {
 
 const HEADER_LEN: usize = 12;
 pub const OFS_DELTA: u8 = 6;
+/// Largest blob or commit a group's pack stores without compression: a
+/// metadata blob or a commit gains a few bytes from deflate, for the cost
+/// of a deflate stream's set-up and reset.
+const MAX_STORED_OBJECT: usize = 512;
 /// Largest tree a group's pack stores without compression.
 const MAX_STORED_TREE: usize = 1 << 20;
 /// Longest chain of deltas [`fold`] makes: reading a tree applies at most
@@ -91,7 +95,11 @@ impl PackBuilder {
         };
         let offset = self.data.len();
         push_header(&mut self.data, type_bits, data.len());
-        self.deflate_in(data);
+        if data.len() <= MAX_STORED_OBJECT {
+            push_stored(&mut self.data, data);
+        } else {
+            self.deflate_in(data);
+        }
         self.push_entry(id, offset, None);
     }
 
@@ -172,13 +180,34 @@ impl PackBuilder {
     /// fsynced, renamed into place, the directory fsynced) and returns the
     /// pack's path. The builder keeps its contents, for [`fold`].
     pub fn finish(&mut self, pack_dir: &Path) -> Result<PathBuf, RepoError> {
+        let (checksum, index) = self.seal();
+        let tmp_pack = write_synced(pack_dir, "pack", &self.data)?;
+        install(pack_dir, &tmp_pack, &index, &checksum, true)
+    }
+
+    /// Writes the pack and its index into `pack_dir` without fsync (a
+    /// journal makes them durable: see [`super::journal`]) and returns the
+    /// pack's path, its checksum and its index.
+    pub fn finish_unsynced(&mut self, pack_dir: &Path) -> Result<(PathBuf, [u8; 20], Vec<u8>), RepoError> {
+        let (checksum, index) = self.seal();
+        let tmp_pack = write_tmp(pack_dir, "pack", &self.data, false)?;
+        let path = install(pack_dir, &tmp_pack, &index, &checksum, false)?;
+        Ok((path, checksum, index))
+    }
+
+    /// The whole pack, once finished.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Fills in the count, appends the checksum; returns it and the index.
+    fn seal(&mut self) -> ([u8; 20], Vec<u8>) {
         let count = u32::try_from(self.entries.len()).expect("a pack holds fewer than 2^32 objects");
         self.data[8..HEADER_LEN].copy_from_slice(&count.to_be_bytes());
         let checksum = sha1_of(&self.data);
         let index = self.index(&checksum);
         self.data.extend_from_slice(&checksum);
-        let tmp_pack = write_synced(pack_dir, "pack", &self.data)?;
-        install(pack_dir, &tmp_pack, &index, &checksum)
+        (checksum, index)
     }
 
     /// The version 2 index of the pack whose checksum is `checksum`.
@@ -349,14 +378,15 @@ impl PackWriter {
         })?;
         file.sync_all().map_err(io_err(&self.tmp))?;
         let index = write_index(&mut self.entries, &checksum);
-        install(&self.dir, &self.tmp, &index, &checksum)
+        install(&self.dir, &self.tmp, &index, &checksum, true)
     }
 }
 
 /// Puts a pack written and fsynced at `tmp_pack` into `pack_dir` under its
 /// name, with its index `index` (written and fsynced first), and fsyncs the
 /// directory. The index is renamed last: readers find packs by their index.
-fn install(pack_dir: &Path, tmp_pack: &Path, index: &[u8], checksum: &[u8]) -> Result<PathBuf, RepoError> {
+/// Without `sync`, nothing is fsynced (a journal holds the bytes).
+fn install(pack_dir: &Path, tmp_pack: &Path, index: &[u8], checksum: &[u8], sync: bool) -> Result<PathBuf, RepoError> {
     let name = format!("pack-{}", hex(checksum));
     let pack = pack_dir.join(format!("{name}.pack"));
     let idx = pack_dir.join(format!("{name}.idx"));
@@ -366,7 +396,7 @@ fn install(pack_dir: &Path, tmp_pack: &Path, index: &[u8], checksum: &[u8]) -> R
     // temporary files beside us): the pack is invisible until it is there.
     let mut attempts = 0;
     loop {
-        let tmp_idx = write_synced(pack_dir, "idx", index)?;
+        let tmp_idx = write_tmp(pack_dir, "idx", index, sync)?;
         match fs::rename(&tmp_idx, &idx) {
             Ok(()) => break,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 2 => {
@@ -381,8 +411,17 @@ fn install(pack_dir: &Path, tmp_pack: &Path, index: &[u8], checksum: &[u8]) -> R
             }
         }
     }
-    sync_dir(pack_dir)?;
+    if sync {
+        sync_dir(pack_dir)?;
+    }
     Ok(pack)
+}
+
+/// Puts a whole pack (`pack`, ending in its checksum) and its index into
+/// `pack_dir` durably: a pack a journal kept, written again after a crash.
+pub(super) fn install_bytes(pack_dir: &Path, pack: &[u8], index: &[u8], checksum: &[u8]) -> Result<PathBuf, RepoError> {
+    let tmp_pack = write_synced(pack_dir, "pack", pack)?;
+    install(pack_dir, &tmp_pack, index, checksum, true)
 }
 
 /// `data` as a zlib stream of stored (uncompressed) blocks: no compression
@@ -495,16 +534,21 @@ fn sha1_of(data: &[u8]) -> [u8; 20] {
     <sha1::Sha1 as sha1::Digest>::digest(data).into()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes `data` to a new temporary file in `dir` and fsyncs it.
 fn write_synced(dir: &Path, suffix: &str, data: &[u8]) -> Result<PathBuf, RepoError> {
+    write_tmp(dir, suffix, data, true)
+}
+
+/// Writes `data` to a new temporary file in `dir`, fsynced if `sync`.
+fn write_tmp(dir: &Path, suffix: &str, data: &[u8], sync: bool) -> Result<PathBuf, RepoError> {
     let tmp = dir.join(format!("tmp_{}.{suffix}", rand::random::<u64>()));
     let result = fs::File::create(&tmp).and_then(|mut f| {
         f.write_all(data)?;
-        f.sync_all()
+        if sync { f.sync_all() } else { Ok(()) }
     });
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);

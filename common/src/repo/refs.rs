@@ -74,6 +74,18 @@ impl LocalRepo {
     /// or a lock another writer holds, is [`RepoError::RefConflict`]: read
     /// again and retry; anything else is [`RepoError::RefUpdate`].
     pub fn update_refs(&self, edits: &[RefUpdate<'_>], message: &str, committer: &Signature) -> Result<(), RepoError> {
+        self.update_refs_with(edits, message, committer, true)
+    }
+
+    /// [`LocalRepo::update_refs`], fsyncing nothing unless `sync`: a journal
+    /// records the move instead (see [`super::journal`]).
+    pub fn update_refs_with(
+        &self,
+        edits: &[RefUpdate<'_>],
+        message: &str,
+        committer: &Signature,
+        sync: bool,
+    ) -> Result<(), RepoError> {
         let mut ref_edits = Vec::with_capacity(edits.len());
         for e in edits {
             let name: gix::refs::FullName = e.name.try_into().map_err(|source| RepoError::RefName {
@@ -115,6 +127,9 @@ impl LocalRepo {
             } else {
                 RepoError::RefUpdate { names, source }
             });
+        }
+        if !sync {
+            return Ok(());
         }
         // The ref files, and the directories whose entries changed: the
         // parent of an updated ref; every ancestor of a created one (its

@@ -12,9 +12,10 @@ use super::writer::{MAX_BATCH, STALE_LOCK_PATIENCE, Writer};
 use super::{CorruptError, Kv, Lease, RevisionEvents, Snapshot, StorageError, StoreConfig};
 use crate::keys;
 use crate::meta;
+use crate::repo::journal::{self, Journal, Recovered};
 use crate::repo::lock::{OwnerLock, restored_marker_path, writer_lock_path};
 use crate::repo::refs::RefUpdate;
-use crate::repo::{Kind, ObjectWriter, Repo, TreeNode, tree};
+use crate::repo::{Kind, LocalRepo, ObjectWriter, Repo, TreeNode, tree};
 
 use std::sync::Arc;
 
@@ -36,6 +37,13 @@ impl Writer {
         for lock in stale {
             tracing::warn!(lock = %lock.display(), "removed a ref lock left by a writer that died");
         }
+        let (mut journal, recovered) = Journal::open(
+            repo.git_dir(),
+            &journal::journal_path(repo.git_dir(), &config.metadata_ref),
+        )?;
+        if let Some(recovered) = recovered {
+            recover(&local, config, &recovered)?;
+        }
         let meta_ref = local.ref_target(&config.metadata_ref)?;
         let data_ref = local.ref_target(&config.data_ref)?;
         let working = Snapshot::empty(config.start_revision - 1);
@@ -54,6 +62,18 @@ impl Writer {
             w.jump_after_restore()?;
             std::fs::remove_file(&marker).map_err(|source| crate::repo::RepoError::Io { path: marker, source })?;
         }
+        // Everything opening wrote was durable; the refs as a crash's
+        // recovery or the last run left them are fsynced by the journal's
+        // first checkpoint, which names them.
+        let mut refs = BTreeMap::from([
+            (w.config.metadata_ref.clone(), w.meta_head),
+            (w.config.data_ref.clone(), w.data_head),
+        ]);
+        if w.auth_head.is_some() {
+            refs.insert(w.config.auth_ref(), w.auth_head);
+        }
+        journal.start(refs)?;
+        w.objects.attach_journal(journal);
         w.mark_durable();
         Ok(w)
     }
@@ -351,4 +371,45 @@ impl Writer {
             }
         }
     }
+}
+
+/// After a crash: puts back the packs of the groups the journal made
+/// durable and removes torn ones, then moves the refs back to their last
+/// durable values: the metadata and auth refs (only this store writes them)
+/// always; the data ref when it names a value this store wrote or a commit
+/// that cannot be read (others may have moved it meanwhile: that stays).
+fn recover(local: &LocalRepo, config: &StoreConfig, recovered: &Recovered) -> Result<(), StorageError> {
+    let pack_dir = local.git_dir().join("objects").join("pack");
+    let (written, removed) = journal::restore_packs(&pack_dir, recovered)?;
+    let mut moved = Vec::new();
+    let auth_ref = config.auth_ref();
+    for name in [&config.metadata_ref, &auth_ref, &config.data_ref] {
+        let Some(&Some(want)) = recovered.refs.get(name.as_str()) else {
+            continue;
+        };
+        let have = local.ref_target(name)?;
+        if have == Some(want) {
+            continue;
+        }
+        if name == &config.data_ref {
+            let ours = have.is_none_or(|h| recovered.seen.get(name.as_str()).is_some_and(|s| s.contains(&h)));
+            if !ours && have.is_some_and(|h| local.commit(h).is_ok()) {
+                continue;
+            }
+        }
+        let edit = RefUpdate {
+            name,
+            old: have,
+            new: want,
+        };
+        local.update_refs(&[edit], "gitcd: recover from journal", &config.committer)?;
+        moved.push(name.as_str());
+    }
+    tracing::warn!(
+        packs_written = written,
+        torn_packs_removed = removed,
+        refs_moved = ?moved,
+        "recovered from the journal after an unclean stop"
+    );
+    Ok(())
 }

@@ -495,7 +495,13 @@ impl Writer {
             return Ok(());
         }
         let message = format!("gitcd: revision {}", self.working.revision);
-        self.repo.update_refs(&edits, &message, &self.config.committer)?;
+        // With a journal, the refs move unsynced and one journal record,
+        // synced, makes the group durable (packs and refs alike).
+        let journaled = self.objects.journaled();
+        self.repo
+            .update_refs_with(&edits, &message, &self.config.committer, !journaled)?;
+        let moved: Vec<(&str, ObjectId)> = edits.iter().map(|e| (e.name, e.new)).collect();
+        self.objects.commit(&moved)?;
         self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
         Ok(())
     }

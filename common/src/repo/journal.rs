@@ -1,0 +1,524 @@
+//! The write-ahead journal of a branch pair: what makes a group durable with
+//! one `fdatasync` of one preallocated file, instead of an fsync per pack,
+//! index, ref and directory.
+//!
+//! A group's pack and index are written into the pack directory and its refs
+//! moved, all without fsync (readers see them at once); then one record
+//! holding the pack and index bytes and the refs' new values is appended to
+//! the journal and the journal alone is synced. Only then is the group
+//! acknowledged. Every so often (a checkpoint) the files written since the
+//! last checkpoint are fsynced and the journal starts again from one record
+//! naming the refs' durable values.
+//!
+//! After a crash, [`Journal::open`] hands back what the page cache may have
+//! lost: the packs to write again and the refs' last durable values (see
+//! docs/format.md, "Journal"). Groups whose packs are too large to be worth
+//! writing twice are made durable the old way and journal only their refs.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gix::ObjectId;
+
+use super::objects::sync_all;
+use super::{RepoError, io_err};
+
+/// Bytes the journal is preallocated to (written with zeros once, so that a
+/// sync writes data blocks only).
+const PREALLOCATED: u64 = 64 << 20;
+/// Journal length after which the next group checkpoints.
+const CHECKPOINT_AT: u64 = 48 << 20;
+/// Largest pack (with its index) a record carries; larger ones are fsynced
+/// where they are.
+pub const MAX_JOURNALED_PACK: usize = 8 << 20;
+
+const MAGIC: u32 = 0x6a63_6467; // "gdcj"
+const RECORD_HEADER: usize = 12; // magic, payload length, CRC-32 of the payload
+const CHECKPOINT: u8 = 0;
+const GROUP: u8 = 1;
+
+/// Where the journal of the branch pair `metadata_ref` lives.
+pub fn journal_path(git_dir: &Path, metadata_ref: &str) -> PathBuf {
+    let lock = super::lock::writer_lock_path(git_dir, metadata_ref);
+    lock.with_extension("journal")
+}
+
+/// What a journal holds after a crash: the packs of the groups written since
+/// the last checkpoint, and each ref's last durable value.
+#[derive(Debug)]
+pub struct Recovered {
+    /// (pack name checksum, pack bytes, index bytes), oldest first.
+    pub packs: Vec<([u8; 20], Vec<u8>, Vec<u8>)>,
+    /// Each ref's value after the last durable record (`None`: absent).
+    pub refs: BTreeMap<String, Option<ObjectId>>,
+    /// Every value a ref had in the journal (its checkpoint and records).
+    pub seen: BTreeMap<String, Vec<ObjectId>>,
+    /// When the last checkpoint was made: packs written since then may be
+    /// torn.
+    pub since: SystemTime,
+}
+
+/// An open journal. The writer that holds the branch pair's lock is its only
+/// user.
+pub struct Journal {
+    git_dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    epoch: u64,
+    /// Where the next record goes.
+    end: u64,
+    /// Pack entries for the next record, encoded.
+    pending: Vec<u8>,
+    pending_packs: u16,
+    /// Files written since the last checkpoint that it must fsync.
+    unsynced: Vec<PathBuf>,
+    /// Each ref's value as of the last record.
+    refs: BTreeMap<String, Option<ObjectId>>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`, returning what it holds
+    /// when the last user did not end with a clean checkpoint. The journal
+    /// is then ready for [`Journal::reset`].
+    pub fn open(git_dir: &Path, path: &Path) -> Result<(Self, Option<Recovered>), RepoError> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(path))?;
+        let (recovered, epoch) = if existed {
+            read_from(&file).map_err(io_err(path))?
+        } else {
+            (None, 0)
+        };
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len < PREALLOCATED {
+            // Zeros written, not fallocated: syncing into an unwritten
+            // extent would write metadata too.
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = len;
+            while at < PREALLOCATED {
+                file.write_all_at(&zeros, at).map_err(io_err(path))?;
+                at += zeros.len() as u64;
+            }
+            file.sync_all().map_err(io_err(path))?;
+            if let Some(dir) = path.parent() {
+                super::objects::sync_dir(dir)?;
+            }
+        }
+        Ok((
+            Self {
+                git_dir: git_dir.to_owned(),
+                path: path.to_owned(),
+                file,
+                epoch,
+                end: 0,
+                pending: Vec::new(),
+                pending_packs: 0,
+                unsynced: Vec::new(),
+                refs: BTreeMap::new(),
+            },
+            recovered,
+        ))
+    }
+
+    /// Makes everything written so far durable (the caller has fsynced it, or
+    /// it was durable already) and starts the journal again from the refs'
+    /// current values.
+    pub fn reset(&mut self, refs: BTreeMap<String, Option<ObjectId>>, clean: bool) -> Result<(), RepoError> {
+        self.refs = refs;
+        self.epoch += 1;
+        self.unsynced.clear();
+        self.pending.clear();
+        self.pending_packs = 0;
+        let record = self.record(CHECKPOINT, u8::from(clean), &[]);
+        self.file.write_all_at(&record, 0).map_err(io_err(&self.path))?;
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.end = record.len() as u64;
+        Ok(())
+    }
+
+    /// Starts journaling on top of `refs`, the refs' current values: fsyncs
+    /// their files and directories (a crash may have left them unsynced)
+    /// and writes the first checkpoint.
+    pub fn start(&mut self, refs: BTreeMap<String, Option<ObjectId>>) -> Result<(), RepoError> {
+        for (name, id) in &refs {
+            if id.is_some() {
+                self.unsynced.push(self.git_dir.join(name));
+            }
+        }
+        self.refs = refs;
+        self.checkpoint(false)
+    }
+
+    /// Adds a pack written (not fsynced) at `pack` with index `index` to the
+    /// next record.
+    pub fn add_pack(&mut self, checksum: &[u8; 20], pack_bytes: &[u8], index: &[u8], pack: &Path) {
+        self.pending.extend_from_slice(checksum);
+        for part in [pack_bytes, index] {
+            self.pending.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            self.pending.extend_from_slice(part);
+        }
+        self.pending_packs += 1;
+        self.unsynced.push(pack.to_owned());
+        self.unsynced.push(pack.with_extension("idx"));
+    }
+
+    /// Forgets the packs added since the last record (a failed group: no
+    /// ref points at them).
+    pub fn discard(&mut self) {
+        self.pending.clear();
+        self.pending_packs = 0;
+    }
+
+    /// Records that `refs` moved (after their transaction, unsynced), with
+    /// the packs added since the last record, and syncs the journal: the
+    /// group is durable when this returns. Checkpoints first when the
+    /// journal is full.
+    pub fn commit(&mut self, refs: &[(&str, ObjectId)]) -> Result<(), RepoError> {
+        for (name, id) in refs {
+            self.refs.insert((*name).to_owned(), Some(*id));
+            let path = self.git_dir.join(name);
+            self.unsynced.push(path);
+        }
+        let packs = std::mem::take(&mut self.pending);
+        let record = self.record(GROUP, 0, &packs);
+        self.pending_packs = 0;
+        if self.end + record.len() as u64 > CHECKPOINT_AT {
+            // A checkpoint makes this group durable too: its files are
+            // written, and fsynced with the others.
+            return self.checkpoint(false);
+        }
+        self.file.write_all_at(&record, self.end).map_err(io_err(&self.path))?;
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.end += record.len() as u64;
+        Ok(())
+    }
+
+    /// fsyncs every file written since the last checkpoint (packs, indexes,
+    /// refs) and the directories that name them, then starts again.
+    pub fn checkpoint(&mut self, clean: bool) -> Result<(), RepoError> {
+        let mut paths: Vec<PathBuf> = Vec::new();
+        let mut dirs = std::collections::BTreeSet::new();
+        for p in self.unsynced.drain(..) {
+            let mut dir = p.parent();
+            while let Some(d) = dir {
+                if !d.starts_with(&self.git_dir) {
+                    break;
+                }
+                dirs.insert(d.to_owned());
+                if d == self.git_dir {
+                    break;
+                }
+                dir = d.parent();
+            }
+            // A group pack folded into another meanwhile is gone; its
+            // objects are durable in the fold.
+            if p.exists() {
+                paths.push(p);
+            }
+        }
+        paths.sort();
+        paths.dedup();
+        match sync_all(&paths) {
+            Err(RepoError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                // Folded away between the look and the fsync.
+                paths.retain(|p| p.exists());
+                sync_all(&paths)?;
+            }
+            other => other?,
+        }
+        sync_all(&dirs.into_iter().collect::<Vec<_>>())?;
+        let refs = std::mem::take(&mut self.refs);
+        self.reset(refs, clean)
+    }
+
+    /// One record: header, then kind, flags, epoch, time, refs, packs.
+    fn record(&self, kind: u8, flags: u8, packs: &[u8]) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(64 + packs.len());
+        payload.push(kind);
+        payload.push(flags);
+        payload.extend_from_slice(&self.epoch.to_le_bytes());
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        payload.extend_from_slice(&nanos.to_le_bytes());
+        payload.extend_from_slice(&(self.refs.len() as u16).to_le_bytes());
+        for (name, id) in &self.refs {
+            payload.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            payload.extend_from_slice(name.as_bytes());
+            payload.extend_from_slice(id.as_ref().map_or(&[0u8; 20][..], |id| id.as_bytes()));
+        }
+        let count = if kind == GROUP { self.pending_packs } else { 0 };
+        payload.extend_from_slice(&count.to_le_bytes());
+        payload.extend_from_slice(packs);
+        let mut out = Vec::with_capacity(RECORD_HEADER + payload.len());
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+}
+
+impl Drop for Journal {
+    /// A clean stop leaves a journal with nothing to recover.
+    fn drop(&mut self) {
+        if let Err(e) = self.checkpoint(true) {
+            tracing::warn!(error = %crate::error::chain(&e), journal = %self.path.display(), "cannot checkpoint the journal at stop; the next start recovers from it");
+        }
+    }
+}
+
+/// What the journal at `path` holds to recover (nothing after a clean
+/// stop), without changing it.
+pub fn read(path: &Path) -> Result<Option<Recovered>, RepoError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    Ok(read_from(&file).map_err(io_err(path))?.0)
+}
+
+/// What to recover, and the epoch of the records.
+fn read_from(file: &File) -> io::Result<(Option<Recovered>, u64)> {
+    let (records, clean) = read_records(file)?;
+    let epoch = records.first().map_or(0, |(e, _, _)| *e);
+    let recovered = (!clean && !records.is_empty()).then(|| recover(records));
+    Ok((recovered, epoch))
+}
+
+/// A parsed record: epoch, time, and the rest of its payload.
+type Record = (u64, SystemTime, Parsed);
+
+struct Parsed {
+    flags: u8,
+    refs: Vec<(String, Option<ObjectId>)>,
+    packs: Vec<([u8; 20], Vec<u8>, Vec<u8>)>,
+}
+
+/// The records of the current epoch, in order, and whether the first (the
+/// checkpoint) says the last user stopped cleanly with nothing after it.
+fn read_records(file: &File) -> io::Result<(Vec<Record>, bool)> {
+    let len = file.metadata()?.len();
+    let mut records: Vec<Record> = Vec::new();
+    let mut at = 0u64;
+    let mut header = [0u8; RECORD_HEADER];
+    while at + RECORD_HEADER as u64 <= len {
+        file.read_exact_at(&mut header, at)?;
+        let magic = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+        let size = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as u64;
+        let crc = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+        if magic != MAGIC || at + RECORD_HEADER as u64 + size > len {
+            break;
+        }
+        let mut payload = vec![0u8; size as usize];
+        file.read_exact_at(&mut payload, at + RECORD_HEADER as u64)?;
+        if crc32fast::hash(&payload) != crc {
+            break;
+        }
+        let Some((kind, epoch, time, parsed)) = parse(&payload) else {
+            break;
+        };
+        // A record of an older epoch is what the last checkpoint left
+        // beyond the records written since: the end.
+        let first = records.first().map(|(e, _, _)| *e);
+        if (records.is_empty() && kind != CHECKPOINT) || first.is_some_and(|e| e != epoch) {
+            break;
+        }
+        records.push((epoch, time, parsed));
+        at += RECORD_HEADER as u64 + size;
+    }
+    let clean = records.len() == 1 && records[0].2.flags == 1;
+    Ok((records, clean))
+}
+
+fn parse(p: &[u8]) -> Option<(u8, u64, SystemTime, Parsed)> {
+    let mut r = Reader(p);
+    let kind = r.u8()?;
+    let flags = r.u8()?;
+    let epoch = r.u64()?;
+    let time = UNIX_EPOCH + Duration::from_nanos(r.u64()?);
+    let mut refs = Vec::new();
+    for _ in 0..r.u16()? {
+        let n = r.u16()? as usize;
+        let name = String::from_utf8(r.take(n)?.to_vec()).ok()?;
+        let id = r.take(20)?;
+        let id = (id != [0u8; 20]).then(|| ObjectId::from_bytes_or_panic(id));
+        refs.push((name, id));
+    }
+    let mut packs = Vec::new();
+    for _ in 0..r.u16()? {
+        let checksum: [u8; 20] = r.take(20)?.try_into().ok()?;
+        let n = r.u64()? as usize;
+        let pack = r.take(n)?.to_vec();
+        let n = r.u64()? as usize;
+        let index = r.take(n)?.to_vec();
+        packs.push((checksum, pack, index));
+    }
+    Some((kind, epoch, time, Parsed { flags, refs, packs }))
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_le_bytes(b.try_into().expect("2 bytes")))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+}
+
+fn recover(records: Vec<Record>) -> Recovered {
+    let mut out = Recovered {
+        packs: Vec::new(),
+        refs: BTreeMap::new(),
+        seen: BTreeMap::new(),
+        since: records.first().map_or(UNIX_EPOCH, |(_, t, _)| *t),
+    };
+    for (_, _, parsed) in records {
+        for (name, id) in parsed.refs {
+            if let Some(id) = id {
+                out.seen.entry(name.clone()).or_default().push(id);
+            }
+            out.refs.insert(name, id);
+        }
+        out.packs.extend(parsed.packs);
+    }
+    out
+}
+
+/// Puts the packs a crash may have lost back, and removes packs written
+/// since the last checkpoint that are torn (their content is not what their
+/// name says: written by a group that was never acknowledged). Returns how
+/// many packs it wrote and removed.
+pub fn restore_packs(pack_dir: &Path, recovered: &Recovered) -> Result<(usize, usize), RepoError> {
+    fs::create_dir_all(pack_dir).map_err(io_err(pack_dir))?;
+    let mut written = 0;
+    let mut ours = std::collections::HashSet::new();
+    for (checksum, pack, index) in &recovered.packs {
+        let name = format!("pack-{}", super::pack::hex(checksum));
+        ours.insert(name.clone());
+        let pack_path = pack_dir.join(format!("{name}.pack"));
+        let idx_path = pack_dir.join(format!("{name}.idx"));
+        let intact = |path: &Path, want: &[u8]| fs::read(path).is_ok_and(|have| have == want);
+        if intact(&pack_path, pack) && intact(&idx_path, index) {
+            continue;
+        }
+        super::pack::install_bytes(pack_dir, pack, index, checksum)?;
+        written += 1;
+    }
+    let mut removed = 0;
+    let since = recovered.since - Duration::from_secs(2);
+    for entry in fs::read_dir(pack_dir).map_err(io_err(pack_dir))?.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(stem) = name.strip_prefix("pack-").and_then(|n| n.strip_suffix(".pack")) else {
+            continue;
+        };
+        if ours.contains(&format!("pack-{stem}")) {
+            continue;
+        }
+        let recent = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since);
+        if !recent {
+            continue;
+        }
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let sound = bytes.len() >= 32 && {
+            let (body, trailer) = bytes.split_at(bytes.len() - 20);
+            let sum: [u8; 20] = <sha1::Sha1 as sha1::Digest>::digest(body).into();
+            sum == trailer && super::pack::hex(&sum) == stem
+        };
+        if !sound {
+            tracing::warn!(pack = %path.display(), "removing a pack torn by a crash (a group never acknowledged)");
+            let idx = path.with_extension("idx");
+            let _ = fs::remove_file(&idx);
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            removed += 1;
+        }
+    }
+    if written + removed > 0 {
+        super::objects::sync_dir(pack_dir)?;
+    }
+    Ok((written, removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ObjectId {
+        ObjectId::from_bytes_or_panic(&[n; 20])
+    }
+
+    #[test]
+    fn records_survive_a_crash_and_a_clean_stop_leaves_nothing() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = journal_path(dir.path(), "refs/gitcd/metadata/refs/heads/main");
+        let (mut j, rec) = Journal::open(dir.path(), &path)?;
+        assert!(rec.is_none());
+        j.reset(BTreeMap::from([("refs/heads/main".to_owned(), Some(id(1)))]), false)?;
+        j.add_pack(&[7; 20], b"pack bytes", b"index bytes", &dir.path().join("p.pack"));
+        j.commit(&[("refs/heads/main", id(2)), ("refs/gitcd/m", id(3))])?;
+        j.commit(&[("refs/heads/main", id(4))])?;
+        // A crash: the journal is not checkpointed.
+        std::mem::forget(j);
+        let (j, rec) = Journal::open(dir.path(), &path)?;
+        let rec = rec.ok_or("records to recover")?;
+        assert_eq!(rec.refs["refs/heads/main"], Some(id(4)));
+        assert_eq!(rec.refs["refs/gitcd/m"], Some(id(3)));
+        assert_eq!(rec.seen["refs/heads/main"], vec![id(1), id(2), id(4)]);
+        assert_eq!(rec.packs.len(), 1);
+        assert_eq!(rec.packs[0], ([7; 20], b"pack bytes".to_vec(), b"index bytes".to_vec()));
+        drop(j);
+        let (_j, rec) = Journal::open(dir.path(), &path)?;
+        assert!(rec.is_none(), "a clean stop leaves nothing to recover");
+        Ok(())
+    }
+
+    #[test]
+    fn a_torn_record_ends_the_journal_and_older_epochs_are_ignored() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = journal_path(dir.path(), "refs/gitcd/metadata/refs/heads/main");
+        let (mut j, _) = Journal::open(dir.path(), &path)?;
+        j.reset(BTreeMap::new(), false)?;
+        for n in 1..=3 {
+            j.commit(&[("refs/heads/main", id(n))])?;
+        }
+        // A new epoch with one record: the old epoch's records lie beyond.
+        j.reset(BTreeMap::from([("refs/heads/main".to_owned(), Some(id(3)))]), false)?;
+        j.commit(&[("refs/heads/main", id(9))])?;
+        let end = j.end;
+        j.commit(&[("refs/heads/main", id(10))])?;
+        std::mem::forget(j);
+        // Tear the last record.
+        let f = OpenOptions::new().write(true).open(&path)?;
+        f.write_all_at(&[0xff; 4], end + 20)?;
+        let (_j, rec) = Journal::open(dir.path(), &path)?;
+        let rec = rec.ok_or("records to recover")?;
+        assert_eq!(rec.refs["refs/heads/main"], Some(id(9)));
+        assert_eq!(rec.seen["refs/heads/main"], vec![id(3), id(9)]);
+        Ok(())
+    }
+}
