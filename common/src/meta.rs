@@ -4,7 +4,7 @@
 //! Layout of a metadata tree:
 //!
 //! ```text
-//! format      "gitcd/1"
+//! format      "gitcd/2" ("gitcd/1": the same, without `putblob` log lines)
 //! revision    the store revision this commit brings the store to
 //! data        the id of the data commit this revision describes
 //! compact     the compact revision (absent until the first Compact)
@@ -16,8 +16,12 @@
 
 use std::fmt::Write as _;
 
-/// The value of the `format` root entry this code writes and reads.
-pub const FORMAT: &str = "gitcd/1";
+/// The value of the `format` root entry this code writes.
+pub const FORMAT: &str = "gitcd/2";
+/// The formats this code reads: `gitcd/1` differs only in that its logs
+/// hold every value inline (no `putblob` lines), so a store of format 1 is
+/// read as it is and its next commit is of format 2.
+pub const READ_FORMATS: [&str; 2] = ["gitcd/1", FORMAT];
 /// Root entry names.
 pub const FORMAT_ENTRY: &str = "format";
 pub const REVISION_ENTRY: &str = "revision";
@@ -174,6 +178,10 @@ pub struct LogChange {
     pub key: bytes::Bytes,
     /// The key's metadata and value after the change; `None` for a delete.
     pub new: Option<(KeyMeta, bytes::Bytes)>,
+    /// The blob that holds the value, when the log names it instead of
+    /// holding the value (the key's last change in the group: its blob is in
+    /// the group's data tree).
+    pub blob: Option<gix::ObjectId>,
 }
 
 /// One revision recorded in a grouped commit's `log`.
@@ -184,19 +192,21 @@ pub struct LogRevision {
 }
 
 /// Encodes the `log` root entry of a commit that groups several revisions:
-/// each revision's changes in order, values inline.
+/// each revision's changes in order, values inline or, for a change that
+/// names its blob, by the blob's id.
 ///
 /// ```text
 /// revision 12
 /// put <create> <mod> <version> <lease> <value size> <escaped key>
 /// <value bytes>
+/// putblob <create> <mod> <version> <lease> <blob id> <escaped key>
 /// delete <escaped key>
 /// ```
 pub fn encode_log(revisions: &[LogRevision]) -> Vec<u8> {
     let size: usize = revisions
         .iter()
         .flat_map(|r| &r.changes)
-        .map(|c| c.key.len() + c.new.as_ref().map_or(0, |(_, v)| v.len()) + 64)
+        .map(|c| c.key.len() + c.new.as_ref().filter(|_| c.blob.is_none()).map_or(0, |(_, v)| v.len()) + 64)
         .sum();
     let mut out = Vec::with_capacity(size + 16 * revisions.len());
     for r in revisions {
@@ -204,6 +214,13 @@ pub fn encode_log(revisions: &[LogRevision]) -> Vec<u8> {
         for c in &r.changes {
             let key = crate::keys::escape(&c.key);
             match &c.new {
+                Some((m, _)) if let Some(blob) = c.blob => {
+                    let line = format!(
+                        "putblob {} {} {} {} {blob} {key}\n",
+                        m.create_revision, m.mod_revision, m.version, m.lease
+                    );
+                    out.extend_from_slice(line.as_bytes());
+                }
                 Some((m, value)) => {
                     let line = format!(
                         "put {} {} {} {} {} {key}\n",
@@ -224,9 +241,12 @@ pub fn encode_log(revisions: &[LogRevision]) -> Vec<u8> {
     out
 }
 
-/// Decodes the `log` root entry (see [`encode_log`]); values are slices of
-/// `blob`.
-pub fn decode_log(blob: &bytes::Bytes) -> Result<Vec<LogRevision>, ParseError> {
+/// Decodes the `log` root entry (see [`encode_log`]); inline values are
+/// slices of `blob`, the others are read with `read_blob`.
+pub fn decode_log(
+    blob: &bytes::Bytes,
+    read_blob: &mut dyn FnMut(gix::ObjectId) -> Result<bytes::Bytes, ParseError>,
+) -> Result<Vec<LogRevision>, ParseError> {
     let mut out: Vec<LogRevision> = Vec::new();
     let mut at = 0;
     while at < blob.len() {
@@ -243,7 +263,7 @@ pub fn decode_log(blob: &bytes::Bytes) -> Result<Vec<LogRevision>, ParseError> {
                 revision: parse_int(word, rest)?,
                 changes: Vec::new(),
             }),
-            b"put" | b"delete" => {
+            b"put" | b"putblob" | b"delete" => {
                 let current = out
                     .last_mut()
                     .ok_or_else(|| ParseError::new("log change before any `revision` line"))?;
@@ -251,6 +271,7 @@ pub fn decode_log(blob: &bytes::Bytes) -> Result<Vec<LogRevision>, ParseError> {
                     current.changes.push(LogChange {
                         key: crate::keys::unescape(rest).into(),
                         new: None,
+                        blob: None,
                     });
                     continue;
                 }
@@ -266,6 +287,18 @@ pub fn decode_log(blob: &bytes::Bytes) -> Result<Vec<LogRevision>, ParseError> {
                     // Not logged: history reads do not need it.
                     time: 0,
                 };
+                if word == b"putblob" {
+                    let hex = fields.next().unwrap_or_default();
+                    let id = gix::ObjectId::from_hex(hex)
+                        .map_err(|_| ParseError::new(format!("log blob id {:?}", String::from_utf8_lossy(hex))))?;
+                    let key = crate::keys::unescape(fields.next().unwrap_or_default());
+                    current.changes.push(LogChange {
+                        key: key.into(),
+                        new: Some((meta, read_blob(id)?)),
+                        blob: Some(id),
+                    });
+                    continue;
+                }
                 let size = usize::try_from(int("size")?).map_err(|_| ParseError::new("negative value size"))?;
                 let key = crate::keys::unescape(fields.next().unwrap_or_default());
                 if blob.len() < at + size + 1 || blob[at + size] != b'\n' {
@@ -274,6 +307,7 @@ pub fn decode_log(blob: &bytes::Bytes) -> Result<Vec<LogRevision>, ParseError> {
                 current.changes.push(LogChange {
                     key: key.into(),
                     new: Some((meta, blob.slice(at..at + size))),
+                    blob: None,
                 });
                 at += size + 1;
             }
@@ -391,25 +425,44 @@ mod tests {
                     LogChange {
                         key: bytes::Bytes::from_static(b"/a b\n%"),
                         new: Some((meta, bytes::Bytes::from_static(b"line\nrevision 5\n\0"))),
+                        blob: None,
                     },
                     LogChange {
                         key: bytes::Bytes::from_static(b"/gone"),
                         new: None,
+                        blob: None,
                     },
                 ],
             },
             LogRevision {
                 revision: 5,
-                changes: vec![LogChange {
-                    key: bytes::Bytes::from_static(b"rel"),
-                    new: Some((meta, bytes::Bytes::new())),
-                }],
+                changes: vec![
+                    LogChange {
+                        key: bytes::Bytes::from_static(b"rel"),
+                        new: Some((meta, bytes::Bytes::new())),
+                        blob: None,
+                    },
+                    LogChange {
+                        key: bytes::Bytes::from_static(b"/by id"),
+                        new: Some((meta, bytes::Bytes::from_static(b"stored in a blob"))),
+                        blob: Some(crate::repo::objects::blob_id(b"stored in a blob")),
+                    },
+                ],
             },
         ];
-        let blob = bytes::Bytes::from(encode_log(&log));
-        assert_eq!(decode_log(&blob)?, log);
-        assert!(decode_log(&blob.slice(..blob.len() - 3)).is_err());
-        assert!(decode_log(&bytes::Bytes::from_static(b"put 1 1 1 0 0 /a\n\n")).is_err());
+        let encoded = bytes::Bytes::from(encode_log(&log));
+        assert!(
+            !encoded.windows(16).any(|w| w == b"stored in a blob"),
+            "a named blob is not inline"
+        );
+        let mut read = |id: gix::ObjectId| {
+            (id == crate::repo::objects::blob_id(b"stored in a blob"))
+                .then(|| bytes::Bytes::from_static(b"stored in a blob"))
+                .ok_or_else(|| ParseError::new("no such blob"))
+        };
+        assert_eq!(decode_log(&encoded, &mut read)?, log);
+        assert!(decode_log(&encoded.slice(..encoded.len() - 3), &mut read).is_err());
+        assert!(decode_log(&bytes::Bytes::from_static(b"put 1 1 1 0 0 /a\n\n"), &mut read).is_err());
         Ok(())
     }
 

@@ -26,6 +26,7 @@ pub mod maintenance;
 pub mod objects;
 mod pack;
 pub mod refs;
+mod spare;
 pub mod tree;
 pub mod usage;
 

@@ -161,7 +161,7 @@ pub enum StorageError {
 pub enum CorruptError {
     #[error("metadata commit {commit} has no `{entry}` entry")]
     MissingEntry { commit: ObjectId, entry: &'static str },
-    #[error("metadata commit {commit} is format {found:?}, not {expected:?}, the one this gitcd reads")]
+    #[error("metadata commit {commit} is format {found:?}; this gitcd reads {expected} (a newer gitcd wrote it?)")]
     Format {
         commit: ObjectId,
         found: String,

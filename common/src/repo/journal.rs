@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gix::ObjectId;
 
-use super::objects::sync_all;
+use super::objects::{sync_all, sync_present};
 use super::{RepoError, io_err};
 
 /// Bytes the journal is preallocated to (written with zeros once, so that a
@@ -222,22 +222,13 @@ impl Journal {
                 }
                 dir = d.parent();
             }
-            // A group pack folded into another meanwhile is gone; its
-            // objects are durable in the fold.
-            if p.exists() {
-                paths.push(p);
-            }
+            paths.push(p);
         }
         paths.sort();
         paths.dedup();
-        match sync_all(&paths) {
-            Err(RepoError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                // Folded away between the look and the fsync.
-                paths.retain(|p| p.exists());
-                sync_all(&paths)?;
-            }
-            other => other?,
-        }
+        // A group pack folded into another meanwhile is gone (now or while
+        // this runs); its objects are durable in the fold.
+        sync_present(&paths)?;
         sync_all(&dirs.into_iter().collect::<Vec<_>>())?;
         let refs = std::mem::take(&mut self.refs);
         self.reset(refs, clean)

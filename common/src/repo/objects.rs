@@ -235,14 +235,29 @@ const SYNC_THREADS: usize = 8;
 
 /// fsyncs files or directories on up to [`SYNC_THREADS`] threads.
 pub(super) fn sync_all(paths: &[PathBuf]) -> Result<(), RepoError> {
+    sync_each(paths, sync_file)
+}
+
+/// [`sync_all`], skipping files that are gone (a group pack a fold replaced
+/// is deleted once the fold is durable).
+pub(super) fn sync_present(paths: &[PathBuf]) -> Result<(), RepoError> {
+    sync_each(paths, |p| match fs::File::open(p) {
+        Ok(f) => f.sync_all().map_err(io_err(p)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(p)(e)),
+    })
+}
+
+fn sync_each(paths: &[PathBuf], sync: impl Fn(&Path) -> Result<(), RepoError> + Sync) -> Result<(), RepoError> {
     if paths.len() <= 1 {
-        return paths.iter().try_for_each(|p| sync_file(p));
+        return paths.iter().try_for_each(|p| sync(p));
     }
     let chunk = paths.len().div_ceil(SYNC_THREADS);
+    let sync = &sync;
     std::thread::scope(|scope| {
         let workers: Vec<_> = paths
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().try_for_each(|p| sync_file(p))))
+            .map(|part| scope.spawn(move || part.iter().try_for_each(|p| sync(p))))
             .collect();
         workers.into_iter().try_for_each(|w| {
             w.join().unwrap_or_else(|_| {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use gix::ObjectId;
 
 use super::objects::sync_dir;
+use super::spare::Spares;
 use super::{Kind, RepoError, delta, io_err};
 
 /// The objects of one pack being built, in memory. Once written, it keeps
@@ -188,11 +189,20 @@ impl PackBuilder {
     /// Writes the pack and its index into `pack_dir` without fsync (a
     /// journal makes them durable: see [`super::journal`]) and returns the
     /// pack's path, its checksum and its index.
-    pub fn finish_unsynced(&mut self, pack_dir: &Path) -> Result<(PathBuf, [u8; 20], Vec<u8>), RepoError> {
+    ///
+    /// Its two files are `spares` when there are some ready.
+    pub fn finish_unsynced(
+        &mut self,
+        pack_dir: &Path,
+        spares: &Spares,
+    ) -> Result<(PathBuf, [u8; 20], Vec<u8>), RepoError> {
         let (checksum, index) = self.seal();
-        let tmp_pack = write_tmp(pack_dir, "pack", &self.data, false)?;
-        let path = install(pack_dir, &tmp_pack, &index, &checksum, false)?;
-        Ok((path, checksum, index))
+        let name = format!("pack-{}", hex(&checksum));
+        let pack = pack_dir.join(format!("{name}.pack"));
+        place(pack_dir, &self.data, &pack, Some(spares))?;
+        // The index last: readers find packs by their index.
+        place(pack_dir, &index, &pack.with_extension("idx"), Some(spares))?;
+        Ok((pack, checksum, index))
     }
 
     /// The whole pack, once finished.
@@ -415,6 +425,38 @@ fn install(pack_dir: &Path, tmp_pack: &Path, index: &[u8], checksum: &[u8], sync
         sync_dir(pack_dir)?;
     }
     Ok(pack)
+}
+
+/// Writes `data` (unsynced) as `path`, through a temporary file in `dir`
+/// (a spare one when ready), written again if it vanished before its rename
+/// (a cleaner of temporary files beside us).
+fn place(dir: &Path, data: &[u8], path: &Path, spares: Option<&Spares>) -> Result<(), RepoError> {
+    let mut attempts = 0;
+    loop {
+        let tmp = match spares.and_then(Spares::take) {
+            Some((tmp, mut file)) => {
+                if let Err(e) = file.write_all(data) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(RepoError::Io { path: tmp, source: e });
+                }
+                tmp
+            }
+            None => write_tmp(dir, "pack", data, false)?,
+        };
+        match fs::rename(&tmp, path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 2 => {
+                attempts += 1;
+                tracing::warn!(file = %tmp.display(), "a temporary pack file vanished before its rename; writing it again");
+            }
+            Err(e) => {
+                return Err(RepoError::Io {
+                    path: tmp,
+                    source: std::io::Error::new(e.kind(), format!("renaming it to {}: {e}", path.display())),
+                });
+            }
+        }
+    }
 }
 
 /// Puts a whole pack (`pack`, ending in its checksum) and its index into

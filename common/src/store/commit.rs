@@ -3,7 +3,7 @@
 //! grouped commit), both with the revision as their message. The objects
 //! are written but not yet durable: `Writer::persist` makes them so.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -53,6 +53,8 @@ impl Writer {
         let external = matches!(data, DataCommit::Existing(_));
         // Each key's state after the last revision.
         let mut finals: BTreeMap<&Bytes, Option<&Kv>> = BTreeMap::new();
+        // The blob of each key's final value: the log names it.
+        let mut blobs: HashMap<Bytes, ObjectId> = HashMap::new();
         for c in revisions.iter().flat_map(|r| &r.changes) {
             finals.insert(&c.key, c.new.as_ref());
             let size = |kv: Option<&Kv>| kv.map_or(0, |kv| super::kv_bytes(&c.key, kv));
@@ -66,6 +68,7 @@ impl Writer {
                     if !external {
                         let blob = self.objects.write(Kind::Blob, &kv.value)?;
                         self.data_tree.put(&self.repo, &keys::encode(key), blob)?;
+                        blobs.insert(key.clone(), blob);
                     }
                     let blob = self.objects.write(Kind::Blob, &meta::encode_key(key, &kv.meta))?;
                     self.meta_tree.put(&self.repo, &meta_path, blob)?;
@@ -114,6 +117,14 @@ impl Writer {
         self.known.insert(data);
         self.pending_events.extend(revisions.iter().cloned());
         let log = logged.then(|| {
+            // A key's last change in the group names the blob its value is
+            // in (the data tree has it); earlier ones keep it inline.
+            let mut last: HashMap<&Bytes, (i64, usize)> = HashMap::new();
+            for r in revisions {
+                for (i, c) in r.changes.iter().enumerate() {
+                    last.insert(&c.key, (r.revision, i));
+                }
+            }
             let log: Vec<meta::LogRevision> = revisions
                 .iter()
                 .map(|r| meta::LogRevision {
@@ -121,9 +132,13 @@ impl Writer {
                     changes: r
                         .changes
                         .iter()
-                        .map(|c| meta::LogChange {
+                        .enumerate()
+                        .map(|(i, c)| meta::LogChange {
                             key: c.key.clone(),
                             new: c.new.as_ref().map(|kv| (kv.meta, kv.value.clone())),
+                            blob: (last.get(&c.key) == Some(&(r.revision, i)) && c.new.is_some())
+                                .then(|| blobs.get(&c.key).copied())
+                                .flatten(),
                         })
                         .collect(),
                 })

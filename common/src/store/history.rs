@@ -81,11 +81,18 @@ pub fn group_log(repo: &LocalRepo, commit: gix::ObjectId) -> Result<Vec<meta::Lo
             entry: meta::LOG_ENTRY,
         })?;
     let blob = Bytes::from(repo.read(entry.id, Kind::Blob)?);
-    Ok(meta::decode_log(&blob).map_err(|source| CorruptError::Malformed {
-        commit,
-        entry: meta::LOG_ENTRY.into(),
-        source,
-    })?)
+    let mut read_blob = |id| {
+        repo.read(id, Kind::Blob)
+            .map(Bytes::from)
+            .map_err(|e| meta::ParseError::new(format!("reading the value blob: {}", crate::error::chain(&e))))
+    };
+    Ok(
+        meta::decode_log(&blob, &mut read_blob).map_err(|source| CorruptError::Malformed {
+            commit,
+            entry: meta::LOG_ENTRY.into(),
+            source,
+        })?,
+    )
 }
 
 /// Every live key of `range` at the revision of `commits`, in key order.

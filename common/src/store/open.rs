@@ -147,11 +147,11 @@ impl Writer {
             source,
         };
         let format = blob(meta::FORMAT_ENTRY)?.ok_or_else(|| missing(meta::FORMAT_ENTRY))?;
-        if format.trim_ascii() != meta::FORMAT.as_bytes() {
+        if !meta::READ_FORMATS.iter().any(|f| format.trim_ascii() == f.as_bytes()) {
             return Err(CorruptError::Format {
                 commit: head,
                 found: String::from_utf8_lossy(&format).trim().into(),
-                expected: meta::FORMAT,
+                expected: "gitcd/1 and gitcd/2",
             }
             .into());
         }

@@ -246,3 +246,66 @@ async fn close_finishes_queued_writes() -> anyhow::Result<()> {
     reopened.close();
     Ok(())
 }
+
+/// Points the metadata ref at a copy of its commit whose `format` entry says
+/// `format`.
+fn set_format(config: &StoreConfig, format: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let repo = &config.repo;
+    let head = git(repo, &["rev-parse", &config.metadata_ref])?;
+    let file = repo.join("format-entry");
+    std::fs::write(&file, format!("{format}\n"))?;
+    let blob = git(repo, &["hash-object", "-w", file.to_str().expect("UTF-8 path")])?;
+    let listing: String = git(repo, &["ls-tree", &head])?
+        .lines()
+        .map(|l| match l.split_once('\t') {
+            Some((_, "format")) => format!("100644 blob {blob}\tformat\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    let mut mktree = Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .arg("mktree")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    mktree.stdin.take().expect("piped").write_all(listing.as_bytes())?;
+    let tree = String::from_utf8(mktree.wait_with_output()?.stdout)?.trim().to_owned();
+    let parents = git(repo, &["log", "-1", "--format=%P", &head])?;
+    let message = git(repo, &["log", "-1", "--format=%B", &head])?;
+    let mut args = vec!["commit-tree", tree.as_str(), "-m", message.as_str()];
+    for p in parents.split_whitespace() {
+        args.extend(["-p", p]);
+    }
+    let commit = git(repo, &args)?;
+    git(repo, &["update-ref", &config.metadata_ref, &commit, &head])?;
+    Ok(())
+}
+
+/// A store written in format `gitcd/1` (logs with every value inline) opens
+/// as it is; its next commit is `gitcd/2`. A format this gitcd does not know
+/// is refused with an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_1_is_read_and_unknown_formats_are_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, config) = open(dir.path(), |_| {})?;
+    store.put(put("/a", "1")).await?;
+    store.close();
+    set_format(&config, "gitcd/1")?;
+    let store = Store::open(config.clone())?;
+    assert_eq!(store.snapshot().kvs.len(), 1);
+    store.put(put("/b", "2")).await?;
+    store.close();
+    let tip = format!("{}:format", config.metadata_ref);
+    assert_eq!(git(&config.repo, &["cat-file", "-p", &tip])?, crate::meta::FORMAT);
+
+    set_format(&config, "gitcd/9")?;
+    let err = Store::open(config.clone()).err().expect("an unknown format is refused");
+    let text = crate::error::chain(&err).to_string();
+    assert!(
+        text.contains("\"gitcd/9\"") && text.contains("this gitcd reads gitcd/1 and gitcd/2"),
+        "{text}"
+    );
+    Ok(())
+}
