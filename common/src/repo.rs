@@ -26,7 +26,6 @@ pub mod maintenance;
 pub mod objects;
 mod pack;
 pub mod refs;
-mod spare;
 pub mod tree;
 pub mod usage;
 

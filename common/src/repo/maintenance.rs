@@ -32,7 +32,6 @@ use std::time::Duration;
 use super::journal::Journal;
 use super::lock::{OwnerLock, maintenance_lock_path};
 use super::pack::{self, OFS_DELTA, PackBuilder, PackWriter};
-use super::spare::Spares;
 use super::{RepoError, io_err};
 
 /// Whether a process may maintain the packs of the repository it writes.
@@ -140,8 +139,6 @@ pub struct Packs {
     /// drop, so that the folder ends.
     to_folder: Arc<Mutex<Option<Sender<ToFolder>>>>,
     folder: Option<std::thread::JoinHandle<()>>,
-    /// Files made ahead for journaled packs, once the first is written.
-    spares: std::sync::OnceLock<Spares>,
 }
 
 impl Packs {
@@ -192,7 +189,6 @@ impl Packs {
             queued,
             to_folder,
             folder,
-            spares: std::sync::OnceLock::new(),
         }
     }
 
@@ -233,8 +229,7 @@ impl Packs {
         fs::create_dir_all(&self.pack_dir).map_err(io_err(&self.pack_dir))?;
         let path = match journal {
             Some(journal) => {
-                let spares = self.spares.get_or_init(|| Spares::start(&self.pack_dir));
-                let (path, checksum, index) = pack.finish_unsynced(&self.pack_dir, spares)?;
+                let (path, checksum, index) = pack.finish_unsynced(&self.pack_dir)?;
                 journal.add_pack(&checksum, pack.bytes(), &index, &path);
                 path
             }

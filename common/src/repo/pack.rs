@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use gix::ObjectId;
 
 use super::objects::sync_dir;
-use super::spare::Spares;
 use super::{Kind, RepoError, delta, io_err};
 
 /// The objects of one pack being built, in memory. Once written, it keeps
@@ -189,19 +188,13 @@ impl PackBuilder {
     /// Writes the pack and its index into `pack_dir` without fsync (a
     /// journal makes them durable: see [`super::journal`]) and returns the
     /// pack's path, its checksum and its index.
-    ///
-    /// Its two files are `spares` when there are some ready.
-    pub fn finish_unsynced(
-        &mut self,
-        pack_dir: &Path,
-        spares: &Spares,
-    ) -> Result<(PathBuf, [u8; 20], Vec<u8>), RepoError> {
+    pub fn finish_unsynced(&mut self, pack_dir: &Path) -> Result<(PathBuf, [u8; 20], Vec<u8>), RepoError> {
         let (checksum, index) = self.seal();
         let name = format!("pack-{}", hex(&checksum));
         let pack = pack_dir.join(format!("{name}.pack"));
-        place(pack_dir, &self.data, &pack, Some(spares))?;
+        place(pack_dir, &self.data, &pack)?;
         // The index last: readers find packs by their index.
-        place(pack_dir, &index, &pack.with_extension("idx"), Some(spares))?;
+        place(pack_dir, &index, &pack.with_extension("idx"))?;
         Ok((pack, checksum, index))
     }
 
@@ -427,22 +420,13 @@ fn install(pack_dir: &Path, tmp_pack: &Path, index: &[u8], checksum: &[u8], sync
     Ok(pack)
 }
 
-/// Writes `data` (unsynced) as `path`, through a temporary file in `dir`
-/// (a spare one when ready), written again if it vanished before its rename
-/// (a cleaner of temporary files beside us).
-fn place(dir: &Path, data: &[u8], path: &Path, spares: Option<&Spares>) -> Result<(), RepoError> {
+/// Writes `data` (unsynced) as `path`, through a temporary file in `dir`,
+/// written again if it vanished before its rename (a cleaner of temporary
+/// files beside us).
+fn place(dir: &Path, data: &[u8], path: &Path) -> Result<(), RepoError> {
     let mut attempts = 0;
     loop {
-        let tmp = match spares.and_then(Spares::take) {
-            Some((tmp, mut file)) => {
-                if let Err(e) = file.write_all(data) {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(RepoError::Io { path: tmp, source: e });
-                }
-                tmp
-            }
-            None => write_tmp(dir, "pack", data, false)?,
-        };
+        let tmp = write_tmp(dir, "pack", data, false)?;
         match fs::rename(&tmp, path) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 2 => {
