@@ -24,6 +24,22 @@ fn spawn_gitcd(repo: &Path, port: u16, log: &Path) -> Result<Child> {
         .spawn()?)
 }
 
+/// Every key in [`start`, `end`) with its value.
+async fn stored(c: &mut Client, start: &str, end: &str) -> Result<std::collections::HashMap<Vec<u8>, Vec<u8>>> {
+    let r =
+        c.kv.range(RangeRequest {
+            key: Bytes::copy_from_slice(start.as_bytes()),
+            range_end: Bytes::copy_from_slice(end.as_bytes()),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(r.kvs
+        .into_iter()
+        .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
+        .collect())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -77,19 +93,7 @@ async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
         let mut c = Client::ready(addr)
             .await
             .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-        let r =
-            c.kv.range(RangeRequest {
-                key: Bytes::from_static(b"/crash/"),
-                range_end: Bytes::from_static(b"/crash0"),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let stored: std::collections::HashMap<Vec<u8>, Vec<u8>> = r
-            .kvs
-            .into_iter()
-            .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
-            .collect();
+        let stored = stored(&mut c, "/crash/", "/crash0").await?;
         for (k, v) in acked.lock().expect("lock").iter() {
             assert_eq!(
                 stored.get(k.as_bytes()).map(Vec::as_slice),
@@ -197,19 +201,7 @@ async fn lost_page_cache_is_recovered_from_the_journal() -> Result<()> {
     let mut c = Client::ready(format!("127.0.0.1:{port}").parse()?)
         .await
         .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-    let r =
-        c.kv.range(RangeRequest {
-            key: Bytes::from_static(b"/lost/"),
-            range_end: Bytes::from_static(b"/lost0"),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let stored: std::collections::HashMap<Vec<u8>, Vec<u8>> = r
-        .kvs
-        .into_iter()
-        .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
-        .collect();
+    let stored = stored(&mut c, "/lost/", "/lost0").await?;
     assert_eq!(stored.len(), acked.len());
     for (k, v) in &acked {
         assert_eq!(

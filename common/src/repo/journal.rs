@@ -236,28 +236,29 @@ impl Journal {
 
     /// One record: header, then kind, flags, epoch, time, refs, packs.
     fn record(&self, kind: u8, flags: u8, packs: &[u8]) -> Vec<u8> {
-        let mut payload = Vec::with_capacity(64 + packs.len());
-        payload.push(kind);
-        payload.push(flags);
-        payload.extend_from_slice(&self.epoch.to_le_bytes());
+        let mut out = Vec::with_capacity(RECORD_HEADER + 64 + packs.len());
+        out.extend_from_slice(&[0; RECORD_HEADER]);
+        out.push(kind);
+        out.push(flags);
+        out.extend_from_slice(&self.epoch.to_le_bytes());
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        payload.extend_from_slice(&nanos.to_le_bytes());
-        payload.extend_from_slice(&(self.refs.len() as u16).to_le_bytes());
+        out.extend_from_slice(&nanos.to_le_bytes());
+        out.extend_from_slice(&(self.refs.len() as u16).to_le_bytes());
         for (name, id) in &self.refs {
-            payload.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            payload.extend_from_slice(name.as_bytes());
-            payload.extend_from_slice(id.as_ref().map_or(&[0u8; 20][..], |id| id.as_bytes()));
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(id.as_ref().map_or(&[0u8; 20][..], |id| id.as_bytes()));
         }
         let count = if kind == GROUP { self.pending_packs } else { 0 };
-        payload.extend_from_slice(&count.to_le_bytes());
-        payload.extend_from_slice(packs);
-        let mut out = Vec::with_capacity(RECORD_HEADER + payload.len());
-        out.extend_from_slice(&MAGIC.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(packs);
+        let payload = &out[RECORD_HEADER..];
+        let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+        out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        out[4..8].copy_from_slice(&len.to_le_bytes());
+        out[8..12].copy_from_slice(&crc.to_le_bytes());
         out
     }
 }
