@@ -99,7 +99,7 @@ impl Journal {
         let (recovered, epoch) = if existed {
             read_from(&file).map_err(io_err(path))?
         } else {
-            (None, 0)
+            (None, rand::random())
         };
         let len = file.metadata().map_err(io_err(path))?.len();
         if len < PREALLOCATED {
@@ -137,7 +137,7 @@ impl Journal {
     /// current values.
     pub fn reset(&mut self, refs: BTreeMap<String, Option<ObjectId>>, clean: bool) -> Result<(), RepoError> {
         self.refs = refs;
-        self.epoch += 1;
+        self.epoch = self.epoch.wrapping_add(1);
         self.unsynced.clear();
         self.pending.clear();
         self.pending_packs = 0;
@@ -282,7 +282,10 @@ pub fn read(path: &Path) -> Result<Option<Recovered>, RepoError> {
 /// What to recover, and the epoch of the records.
 fn read_from(file: &File) -> io::Result<(Option<Recovered>, u64)> {
     let (records, clean) = read_records(file)?;
-    let epoch = records.first().map_or(0, |(e, _, _)| *e);
+    // Without a checkpoint to follow (a new or unreadable journal), the
+    // epochs start anywhere: an old record left in the file must not pass
+    // for one of the new epoch.
+    let epoch = records.first().map_or_else(rand::random, |(e, _, _)| *e);
     let recovered = (!clean && !records.is_empty()).then(|| recover(records));
     Ok((recovered, epoch))
 }
