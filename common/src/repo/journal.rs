@@ -439,13 +439,7 @@ pub fn restore_packs(pack_dir: &Path, recovered: &Recovered) -> Result<(usize, u
         if !recent {
             continue;
         }
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
-        let sound = bytes.len() >= 32 && {
-            let (body, trailer) = bytes.split_at(bytes.len() - 20);
-            let sum: [u8; 20] = <sha1::Sha1 as sha1::Digest>::digest(body).into();
-            sum == trailer && super::pack::hex(&sum) == stem
-        };
-        if !sound {
+        if !pack_is_sound(&path, stem).map_err(io_err(&path))? {
             tracing::warn!(pack = %path.display(), "removing a pack torn by a crash (a group never acknowledged)");
             let idx = path.with_extension("idx");
             let _ = fs::remove_file(&idx);
@@ -457,6 +451,31 @@ pub fn restore_packs(pack_dir: &Path, recovered: &Recovered) -> Result<(usize, u
         super::objects::sync_dir(pack_dir)?;
     }
     Ok((written, removed))
+}
+
+/// Whether the pack at `path` ends in the SHA-1 of what comes before, and is
+/// named by it (`stem`): read in pieces, since a consolidated pack can be
+/// large.
+fn pack_is_sound(path: &Path, stem: &str) -> io::Result<bool> {
+    use std::io::Read as _;
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len < 32 {
+        return Ok(false);
+    }
+    let mut hasher = <sha1::Sha1 as sha1::Digest>::new();
+    let mut left = len - 20;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = (left as usize).min(buf.len());
+        file.read_exact(&mut buf[..n])?;
+        sha1::Digest::update(&mut hasher, &buf[..n]);
+        left -= n as u64;
+    }
+    let mut trailer = [0u8; 20];
+    file.read_exact(&mut trailer)?;
+    let sum: [u8; 20] = sha1::Digest::finalize(hasher).into();
+    Ok(sum == trailer && super::pack::hex(&sum) == stem)
 }
 
 #[cfg(test)]
