@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use common::proto::etcdserverpb::{PutRequest, RangeRequest};
+use common::proto::etcdserverpb::PutRequest;
 
-use crate::support::{Client, free_port, fsck, git};
+use crate::support::{Client, all_kvs, free_port, fsck, git};
 
 fn spawn_gitcd(repo: &Path, port: u16, log: &Path) -> Result<Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
@@ -24,19 +24,12 @@ fn spawn_gitcd(repo: &Path, port: u16, log: &Path) -> Result<Child> {
         .spawn()?)
 }
 
-/// Every key in [`start`, `end`) with its value.
-async fn stored(c: &mut Client, start: &str, end: &str) -> Result<std::collections::HashMap<Vec<u8>, Vec<u8>>> {
-    let r =
-        c.kv.range(RangeRequest {
-            key: Bytes::copy_from_slice(start.as_bytes()),
-            range_end: Bytes::copy_from_slice(end.as_bytes()),
-            ..Default::default()
-        })
+/// Every key below `prefix` with its value (at the current revision).
+async fn stored(c: &mut Client, prefix: &str) -> Result<std::collections::HashMap<Vec<u8>, Vec<u8>>> {
+    Ok(all_kvs(c, 0)
         .await?
-        .into_inner();
-    Ok(r.kvs
         .into_iter()
-        .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
+        .filter(|(k, _)| k.starts_with(prefix.as_bytes()))
         .collect())
 }
 
@@ -93,7 +86,7 @@ async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
         let mut c = Client::ready(addr)
             .await
             .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-        let stored = stored(&mut c, "/crash/", "/crash0").await?;
+        let stored = stored(&mut c, "/crash/").await?;
         for (k, v) in acked.lock().expect("lock").iter() {
             assert_eq!(
                 stored.get(k.as_bytes()).map(Vec::as_slice),
@@ -201,7 +194,7 @@ async fn lost_page_cache_is_recovered_from_the_journal() -> Result<()> {
     let mut c = Client::ready(format!("127.0.0.1:{port}").parse()?)
         .await
         .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-    let stored = stored(&mut c, "/lost/", "/lost0").await?;
+    let stored = stored(&mut c, "/lost/").await?;
     assert_eq!(stored.len(), acked.len());
     for (k, v) in &acked {
         assert_eq!(
