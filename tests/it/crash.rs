@@ -174,8 +174,8 @@ async fn lost_page_cache_is_recovered_from_the_journal() -> Result<()> {
     let recovered = journal::read(&journal::journal_path(&repo, meta_ref))?.context("a killed gitcd leaves records")?;
     assert!(!recovered.packs.is_empty(), "acknowledged groups are journaled");
     let pack_dir = repo.join("objects").join("pack");
-    for (checksum, _, _) in &recovered.packs {
-        let hex: String = checksum.iter().map(|b| format!("{b:02x}")).collect();
+    for pack in &recovered.packs {
+        let hex: String = pack.checksum().iter().map(|b| format!("{b:02x}")).collect();
         for ext in ["pack", "idx"] {
             let _ = std::fs::remove_file(pack_dir.join(format!("pack-{hex}.{ext}")));
         }

@@ -26,8 +26,16 @@ pub fn tree_delta(base: &[u8], new: &[u8]) -> Vec<u8> {
     let mut end = 0;
     for entry in entries(new) {
         end = entry.bytes.end;
-        while old.next_if(|o| o.key < entry.key).is_some() {}
-        let same = old.next_if(|o| base[o.bytes.clone()] == new[entry.bytes.clone()]);
+        let unchanged = |o: &&Entry<'_>| base[o.bytes.clone()] == new[entry.bytes.clone()];
+        // Most entries are the next old one, unchanged: one comparison of
+        // bytes, no ordering.
+        let same = match old.next_if(unchanged) {
+            Some(o) => Some(o),
+            None => {
+                while old.next_if(|o| o.key < entry.key).is_some() {}
+                old.next_if(unchanged)
+            }
+        };
         match same {
             Some(o) => {
                 flush_insert(&mut out, &mut insert);
@@ -70,12 +78,15 @@ struct SortKey<'a> {
 
 impl Ord for SortKey<'_> {
     fn cmp(&self, other: &Self) -> Ordering {
-        let tail = |k: &Self| k.is_tree.then_some(b'/');
-        self.name
-            .iter()
-            .copied()
-            .chain(tail(self))
-            .cmp(other.name.iter().copied().chain(tail(other)))
+        let common = self.name.len().min(other.name.len());
+        match self.name[..common].cmp(&other.name[..common]) {
+            Ordering::Equal => {}
+            unequal => return unequal,
+        }
+        // One name is a prefix of the other: what follows decides, a tree's
+        // name followed by `/`.
+        let rest = |k: &Self| k.name[common..].iter().copied().chain(k.is_tree.then_some(b'/'));
+        rest(self).cmp(rest(other))
     }
 }
 
@@ -91,10 +102,10 @@ fn entries(tree: &[u8]) -> Vec<Entry<'_>> {
     let mut at = 0;
     while at < tree.len() {
         let rest = &tree[at..];
-        let Some(space) = rest.iter().position(|b| *b == b' ') else {
+        let Some(space) = memchr::memchr(b' ', rest) else {
             break;
         };
-        let Some(nul) = rest.iter().position(|b| *b == 0) else {
+        let Some(nul) = memchr::memchr(0, rest) else {
             break;
         };
         let end = nul + 21;
@@ -160,57 +171,68 @@ fn flush_insert(out: &mut Vec<u8>, insert: &mut Vec<u8>) {
     insert.clear();
 }
 
+/// Applies Git delta `delta` to `base`; `None` when the delta is malformed
+/// or not made for a base of this size (a journal read after a crash is
+/// checked, not trusted).
+pub fn apply(base: &[u8], delta: &[u8]) -> Option<Vec<u8>> {
+    let mut at = 0;
+    let mut size = || {
+        let (mut value, mut shift) = (0usize, 0u32);
+        loop {
+            let b = *delta.get(at)?;
+            at += 1;
+            value |= usize::from(b & 0x7f).checked_shl(shift)?;
+            shift += 7;
+            if b & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+    };
+    if size()? != base.len() {
+        return None;
+    }
+    let want = size()?;
+    let mut out = Vec::with_capacity(want);
+    while at < delta.len() {
+        let cmd = delta[at];
+        at += 1;
+        if cmd & 0x80 != 0 {
+            let mut field = |bits: Range<u8>| {
+                let mut v = 0usize;
+                for (i, bit) in bits.enumerate() {
+                    if cmd & (1 << bit) != 0 {
+                        v |= usize::from(*delta.get(at)?) << (8 * i);
+                        at += 1;
+                    }
+                }
+                Some(v)
+            };
+            let offset = field(0..4)?;
+            let size = match field(4..7)? {
+                0 => 0x10000,
+                s => s,
+            };
+            out.extend_from_slice(base.get(offset..offset.checked_add(size)?)?);
+        } else if cmd == 0 {
+            return None;
+        } else {
+            let n = usize::from(cmd);
+            out.extend_from_slice(delta.get(at..at + n)?);
+            at += n;
+        }
+        if out.len() > want {
+            return None;
+        }
+    }
+    (out.len() == want).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Applies a delta as Git does.
     fn apply(base: &[u8], delta: &[u8]) -> Vec<u8> {
-        let mut at = 0;
-        let mut size = || {
-            let (mut value, mut shift) = (0usize, 0);
-            loop {
-                let b = delta[at];
-                at += 1;
-                value |= usize::from(b & 0x7f) << shift;
-                shift += 7;
-                if b & 0x80 == 0 {
-                    return value;
-                }
-            }
-        };
-        assert_eq!(size(), base.len());
-        let want = size();
-        let mut out = Vec::new();
-        while at < delta.len() {
-            let cmd = delta[at];
-            at += 1;
-            if cmd & 0x80 != 0 {
-                let mut field = |bits: std::ops::Range<u8>| {
-                    let mut v = 0usize;
-                    for (i, bit) in bits.enumerate() {
-                        if cmd & (1 << bit) != 0 {
-                            v |= usize::from(delta[at]) << (8 * i);
-                            at += 1;
-                        }
-                    }
-                    v
-                };
-                let offset = field(0..4);
-                let size = match field(4..7) {
-                    0 => 0x10000,
-                    s => s,
-                };
-                out.extend_from_slice(&base[offset..offset + size]);
-            } else {
-                let n = usize::from(cmd);
-                assert!(n > 0, "insert of nothing");
-                out.extend_from_slice(&delta[at..at + n]);
-                at += n;
-            }
-        }
-        assert_eq!(out.len(), want);
-        out
+        super::apply(base, delta).expect("a delta we made applies")
     }
 
     /// A tree of `(mode, name, id byte)` entries, given in Git's order.

@@ -4,8 +4,10 @@
 //!
 //! A group's pack and index are written into the pack directory and its refs
 //! moved, all without fsync (readers see them at once); then one record
-//! holding the pack and index bytes and the refs' new values is appended to
-//! the journal and the journal alone is synced. Only then is the group
+//! holding the pack's objects and the refs' new values is appended to the
+//! journal and the journal alone is synced. A tree is recorded as a delta
+//! against the tree it replaced when that one is durable already (a group
+//! rewrites every tree on its paths, a few entries changed in each). Only then is the group
 //! acknowledged. Every so often (a checkpoint) the files written since the
 //! last checkpoint are fsynced and the journal starts again from one record
 //! naming the refs' durable values.
@@ -15,31 +17,44 @@
 //! docs/format.md, "Journal"). Groups whose packs are too large to be worth
 //! writing twice are made durable the old way and journal only their refs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gix::ObjectId;
 
-use super::objects::{sync_all, sync_present};
-use super::{RepoError, io_err};
+use super::objects::{object_id, sync_all, sync_present};
+use super::pack::{PackBuilder, Stored};
+use super::{Kind, RepoError, delta, io_err};
 
 /// Bytes the journal is preallocated to (written with zeros once, so that a
 /// sync writes data blocks only).
 const PREALLOCATED: u64 = 64 << 20;
 /// Journal length after which the next group checkpoints.
 const CHECKPOINT_AT: u64 = 48 << 20;
-/// Largest pack (with its index) a record carries; larger ones are fsynced
-/// where they are.
+/// Most bytes a record carries for one pack; a pack whose objects take more
+/// is fsynced where it is.
 pub const MAX_JOURNALED_PACK: usize = 8 << 20;
+/// Most bytes of tree contents kept as delta bases; past it they are
+/// dropped (the next version of each tree is then recorded whole).
+const MAX_BASES: usize = 256 << 20;
 
 const MAGIC: u32 = 0x6a63_6467; // "gdcj"
 const RECORD_HEADER: usize = 12; // magic, payload length, CRC-32 of the payload
 const CHECKPOINT: u8 = 0;
-const GROUP: u8 = 1;
+/// A group whose packs are recorded whole, pack and index bytes (written
+/// before 2026-12-02; still read).
+const GROUP_WHOLE: u8 = 1;
+/// A group whose packs are recorded as their objects, trees as deltas.
+const GROUP: u8 = 2;
+/// How a recorded object is stored (see docs/format.md, "The journal").
+const OBJECT_AS_STORED: u8 = 0;
+const TREE_DELTA: u8 = 1;
+const TREE_WHOLE: u8 = 2;
 
 /// Where the journal of the branch pair `metadata_ref` lives.
 pub fn journal_path(git_dir: &Path, metadata_ref: &str) -> PathBuf {
@@ -51,8 +66,8 @@ pub fn journal_path(git_dir: &Path, metadata_ref: &str) -> PathBuf {
 /// the last checkpoint, and each ref's last durable value.
 #[derive(Debug)]
 pub struct Recovered {
-    /// (pack name checksum, pack bytes, index bytes), oldest first.
-    pub packs: Vec<([u8; 20], Vec<u8>, Vec<u8>)>,
+    /// The packs, oldest first.
+    pub packs: Vec<JournaledPack>,
     /// Each ref's value after the last durable record (`None`: absent).
     pub refs: BTreeMap<String, Option<ObjectId>>,
     /// Every value a ref had in the journal (its checkpoint and records).
@@ -61,6 +76,36 @@ pub struct Recovered {
     /// torn.
     pub since: SystemTime,
 }
+
+/// A pack as a record holds it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JournaledPack {
+    /// The pack's bytes and its index.
+    Whole {
+        checksum: [u8; 20],
+        pack: Vec<u8>,
+        index: Vec<u8>,
+    },
+    /// The pack's objects, encoded by [`Journal::encode`]: rebuilding the
+    /// pack needs the bases of its trees' deltas.
+    Objects { checksum: [u8; 20], objects: Vec<u8> },
+}
+
+impl JournaledPack {
+    /// The pack's checksum, which names it (`pack-<hex>.pack`).
+    pub fn checksum(&self) -> &[u8; 20] {
+        match self {
+            JournaledPack::Whole { checksum, .. } | JournaledPack::Objects { checksum, .. } => checksum,
+        }
+    }
+}
+
+/// A pack's checksum, bytes and index.
+pub(super) type SealedPack = ([u8; 20], Vec<u8>, Vec<u8>);
+
+/// A tree of a pack added since the last record: (the tree it replaced, its
+/// id, its content).
+type NewTree = (Option<ObjectId>, ObjectId, Arc<Vec<u8>>);
 
 /// An open journal. The writer that holds the branch pair's lock is its only
 /// user.
@@ -78,6 +123,14 @@ pub struct Journal {
     unsynced: Vec<PathBuf>,
     /// Each ref's value as of the last record.
     refs: BTreeMap<String, Option<ObjectId>>,
+    /// Durable trees (recorded by a synced record, or in a synced pack), by
+    /// id: the bases of the next versions' deltas. The newest version of
+    /// each tree replaces the one before.
+    bases: HashMap<ObjectId, Arc<Vec<u8>>>,
+    bases_bytes: usize,
+    /// Trees of the packs added since the last record: bases once it is
+    /// synced.
+    pending_trees: Vec<NewTree>,
 }
 
 impl Journal {
@@ -127,6 +180,9 @@ impl Journal {
                 pending_packs: 0,
                 unsynced: Vec::new(),
                 refs: BTreeMap::new(),
+                bases: HashMap::new(),
+                bases_bytes: 0,
+                pending_trees: Vec::new(),
             },
             recovered,
         ))
@@ -161,17 +217,75 @@ impl Journal {
         self.checkpoint(false)
     }
 
-    /// Adds a pack written (not fsynced) at `pack` with index `index` to the
-    /// next record.
-    pub fn add_pack(&mut self, checksum: &[u8; 20], pack_bytes: &[u8], index: &[u8], pack: &Path) {
-        self.pending.extend_from_slice(checksum);
-        for part in [pack_bytes, index] {
-            self.pending.extend_from_slice(&(part.len() as u64).to_le_bytes());
-            self.pending.extend_from_slice(part);
+    /// The objects of `pack` as a record holds them: blobs and commits as
+    /// stored in the pack, trees as a delta against the tree they replaced
+    /// when that one is durable or comes before in the same record and the
+    /// delta is less than half the tree, else whole (see docs/format.md,
+    /// "The journal").
+    pub fn encode(&self, pack: &PackBuilder) -> Vec<u8> {
+        // Trees of this record are rebuilt before the ones after them.
+        let mut here: HashMap<ObjectId, &Arc<Vec<u8>>> = self
+            .pending_trees
+            .iter()
+            .map(|(_, id, content)| (*id, content))
+            .collect();
+        let mut out = Vec::with_capacity(4 + pack.len() / 4);
+        let mut count = 0u32;
+        out.extend_from_slice(&[0; 4]);
+        for entry in pack.stored() {
+            count += 1;
+            match entry {
+                Stored::Object { id, crc, bytes } => {
+                    out.push(OBJECT_AS_STORED);
+                    out.extend_from_slice(id.as_bytes());
+                    out.extend_from_slice(&crc.to_le_bytes());
+                    push_part(&mut out, bytes);
+                }
+                Stored::Tree { id, previous, content } => {
+                    let delta = previous
+                        .and_then(|p| Some((p, self.bases.get(&p).or_else(|| here.get(&p).copied())?)))
+                        .map(|(p, base)| (p, delta::tree_delta(base, content)))
+                        .filter(|(_, d)| d.len() < content.len() / 2);
+                    match delta {
+                        Some((base, delta)) => {
+                            out.push(TREE_DELTA);
+                            out.extend_from_slice(id.as_bytes());
+                            out.extend_from_slice(base.as_bytes());
+                            push_part(&mut out, &delta);
+                        }
+                        None => {
+                            out.push(TREE_WHOLE);
+                            out.extend_from_slice(id.as_bytes());
+                            push_part(&mut out, content);
+                        }
+                    }
+                    here.insert(id, content);
+                }
+            }
         }
+        out[..4].copy_from_slice(&count.to_le_bytes());
+        out
+    }
+
+    /// Adds a pack written (not fsynced) at `pack`, whose objects are
+    /// `objects` ([`Journal::encode`]), to the next record.
+    pub fn add_pack(&mut self, checksum: &[u8; 20], objects: &[u8], pack: &Path) {
+        self.pending.extend_from_slice(checksum);
+        self.pending.extend_from_slice(&(objects.len() as u64).to_le_bytes());
+        self.pending.extend_from_slice(objects);
         self.pending_packs += 1;
         self.unsynced.push(pack.to_owned());
         self.unsynced.push(pack.with_extension("idx"));
+    }
+
+    /// Notes the trees of `pack` (journaled, or fsynced where it is): once
+    /// the next record is synced they are durable, and bases.
+    pub fn note_trees(&mut self, pack: &PackBuilder) {
+        for entry in pack.stored() {
+            if let Stored::Tree { id, previous, content } = entry {
+                self.pending_trees.push((previous, id, content.clone()));
+            }
+        }
     }
 
     /// Forgets the packs added since the last record (a failed group: no
@@ -179,6 +293,25 @@ impl Journal {
     pub fn discard(&mut self) {
         self.pending.clear();
         self.pending_packs = 0;
+        self.pending_trees.clear();
+    }
+
+    /// The trees noted since the last record are durable: each becomes the
+    /// base for its next version, in place of the tree it replaced.
+    fn keep_bases(&mut self) {
+        for (previous, id, content) in std::mem::take(&mut self.pending_trees) {
+            if let Some(old) = previous.and_then(|p| self.bases.remove(&p)) {
+                self.bases_bytes -= old.len();
+            }
+            self.bases_bytes += content.len();
+            if let Some(old) = self.bases.insert(id, content) {
+                self.bases_bytes -= old.len();
+            }
+        }
+        if self.bases_bytes > MAX_BASES {
+            self.bases.clear();
+            self.bases_bytes = 0;
+        }
     }
 
     /// Records that `refs` moved (after their transaction, unsynced), with
@@ -197,11 +330,14 @@ impl Journal {
         if self.end + record.len() as u64 > CHECKPOINT_AT {
             // A checkpoint makes this group durable too: its files are
             // written, and fsynced with the others.
-            return self.checkpoint(false);
+            self.checkpoint(false)?;
+            self.keep_bases();
+            return Ok(());
         }
         self.file.write_all_at(&record, self.end).map_err(io_err(&self.path))?;
         self.file.sync_data().map_err(io_err(&self.path))?;
         self.end += record.len() as u64;
+        self.keep_bases();
         Ok(())
     }
 
@@ -251,7 +387,7 @@ impl Journal {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(id.as_ref().map_or(&[0u8; 20][..], |id| id.as_bytes()));
         }
-        let count = if kind == GROUP { self.pending_packs } else { 0 };
+        let count = if kind == CHECKPOINT { 0 } else { self.pending_packs };
         out.extend_from_slice(&count.to_le_bytes());
         out.extend_from_slice(packs);
         let payload = &out[RECORD_HEADER..];
@@ -296,7 +432,7 @@ type Record = (u64, SystemTime, Parsed);
 struct Parsed {
     flags: u8,
     refs: Vec<(String, Option<ObjectId>)>,
-    packs: Vec<([u8; 20], Vec<u8>, Vec<u8>)>,
+    packs: Vec<JournaledPack>,
 }
 
 /// The records of the current epoch, in order, and whether the first (the
@@ -353,10 +489,22 @@ fn parse(p: &[u8]) -> Option<(u8, u64, SystemTime, Parsed)> {
     for _ in 0..r.u16()? {
         let checksum: [u8; 20] = r.take(20)?.try_into().ok()?;
         let n = r.u64()? as usize;
-        let pack = r.take(n)?.to_vec();
-        let n = r.u64()? as usize;
-        let index = r.take(n)?.to_vec();
-        packs.push((checksum, pack, index));
+        let bytes = r.take(n)?.to_vec();
+        packs.push(match kind {
+            GROUP_WHOLE => {
+                let n = r.u64()? as usize;
+                let index = r.take(n)?.to_vec();
+                JournaledPack::Whole {
+                    checksum,
+                    pack: bytes,
+                    index,
+                }
+            }
+            _ => JournaledPack::Objects {
+                checksum,
+                objects: bytes,
+            },
+        });
     }
     Some((kind, epoch, time, Parsed { flags, refs, packs }))
 }
@@ -377,6 +525,17 @@ impl<'a> Reader<'a> {
     }
     fn u16(&mut self) -> Option<u16> {
         self.take(2).map(|b| u16::from_le_bytes(b.try_into().expect("2 bytes")))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn id(&mut self) -> Option<ObjectId> {
+        self.take(20).map(ObjectId::from_bytes_or_panic)
+    }
+    /// A part written by [`push_part`].
+    fn part(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
     }
     fn u64(&mut self) -> Option<u64> {
         self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
@@ -404,13 +563,41 @@ fn recover(records: Vec<Record>) -> Recovered {
 
 /// Puts the packs a crash may have lost back, and removes packs written
 /// since the last checkpoint that are torn (their content is not what their
-/// name says: written by a group that was never acknowledged). Returns how
+/// name says: written by a group that was never acknowledged). A recorded
+/// tree delta's base comes from an earlier record or, when it was durable
+/// before the checkpoint, from `read_tree` (the repository). Returns how
 /// many packs it wrote and removed.
-pub fn restore_packs(pack_dir: &Path, recovered: &Recovered) -> Result<(usize, usize), RepoError> {
+pub fn restore_packs(
+    pack_dir: &Path,
+    recovered: &Recovered,
+    read_tree: &mut dyn FnMut(ObjectId) -> Option<Vec<u8>>,
+) -> Result<(usize, usize), RepoError> {
     fs::create_dir_all(pack_dir).map_err(io_err(pack_dir))?;
     let mut written = 0;
     let mut ours = std::collections::HashSet::new();
-    for (checksum, pack, index) in &recovered.packs {
+    // Trees rebuilt so far, each kept until a delta uses it as its base.
+    let mut trees: HashMap<ObjectId, Arc<Vec<u8>>> = HashMap::new();
+    for journaled in &recovered.packs {
+        let rebuilt;
+        let (checksum, pack, index) = match journaled {
+            JournaledPack::Whole { checksum, pack, index } => (checksum, pack, index),
+            JournaledPack::Objects { checksum, objects } => {
+                let built = rebuild(objects, &mut trees, read_tree).map_err(|reason| RepoError::Io {
+                    path: pack_dir.join(format!("pack-{}.pack", super::pack::hex(checksum))),
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("cannot rebuild it from the journal: {reason}"),
+                    ),
+                })?;
+                if &built.0 != checksum {
+                    // Deflate made other bytes (another version of it since
+                    // the crash): the same objects, in a pack of another name.
+                    tracing::warn!(recorded = %super::pack::hex(checksum), rebuilt = %super::pack::hex(&built.0), "a journaled pack rebuilds to other bytes; writing it under its new name");
+                }
+                rebuilt = built;
+                (&rebuilt.0, &rebuilt.1, &rebuilt.2)
+            }
+        };
         let name = format!("pack-{}", super::pack::hex(checksum));
         ours.insert(name.clone());
         let pack_path = pack_dir.join(format!("{name}.pack"));
@@ -453,6 +640,61 @@ pub fn restore_packs(pack_dir: &Path, recovered: &Recovered) -> Result<(usize, u
     Ok((written, removed))
 }
 
+/// The pack whose objects a record holds (see [`Journal::encode`]): its
+/// checksum, bytes and index, the same bytes as the pack written then.
+/// Trees rebuilt go into `trees`; a base is taken out of it when used (each
+/// version of a tree is the base of the next one only).
+fn rebuild(
+    objects: &[u8],
+    trees: &mut HashMap<ObjectId, Arc<Vec<u8>>>,
+    read_tree: &mut dyn FnMut(ObjectId) -> Option<Vec<u8>>,
+) -> Result<SealedPack, String> {
+    let truncated = || "a truncated object".to_owned();
+    let mut r = Reader(objects);
+    let mut pack = PackBuilder::default();
+    for _ in 0..r.u32().ok_or_else(truncated)? {
+        let tag = r.u8().ok_or_else(truncated)?;
+        let id = r.id().ok_or_else(truncated)?;
+        match tag {
+            OBJECT_AS_STORED => {
+                let crc = r.u32().ok_or_else(truncated)?;
+                let bytes = r.part().ok_or_else(truncated)?;
+                pack.add_copy(id, bytes, crc);
+            }
+            TREE_DELTA | TREE_WHOLE => {
+                let content = if tag == TREE_WHOLE {
+                    r.part().ok_or_else(truncated)?.to_vec()
+                } else {
+                    let base_id = r.id().ok_or_else(truncated)?;
+                    let delta = r.part().ok_or_else(truncated)?;
+                    let base = match trees.remove(&base_id) {
+                        Some(base) => base,
+                        None => Arc::new(
+                            read_tree(base_id).ok_or_else(|| format!("the base {base_id} of tree {id} is missing"))?,
+                        ),
+                    };
+                    delta::apply(&base, delta).ok_or_else(|| format!("the delta of tree {id} does not apply"))?
+                };
+                if object_id(Kind::Tree, &content) != id {
+                    return Err(format!("tree {id} rebuilds to other content"));
+                }
+                let content = Arc::new(content);
+                trees.insert(id, content.clone());
+                pack.add_tree(id, content, None);
+            }
+            other => return Err(format!("unknown object tag {other}")),
+        }
+    }
+    Ok(pack.sealed())
+}
+
+/// Appends `bytes` with its length (u32) before it.
+fn push_part(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).expect("a journaled object is smaller than 4 GiB");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
 /// Whether the pack at `path` ends in the SHA-1 of what comes before, and is
 /// named by it (`stem`): read in pieces, since a consolidated pack can be
 /// large.
@@ -493,7 +735,7 @@ mod tests {
         let (mut j, rec) = Journal::open(dir.path(), &path)?;
         assert!(rec.is_none());
         j.reset(BTreeMap::from([("refs/heads/main".to_owned(), Some(id(1)))]), false)?;
-        j.add_pack(&[7; 20], b"pack bytes", b"index bytes", &dir.path().join("p.pack"));
+        j.add_pack(&[7; 20], b"objects", &dir.path().join("p.pack"));
         j.commit(&[("refs/heads/main", id(2)), ("refs/gitcd/m", id(3))])?;
         j.commit(&[("refs/heads/main", id(4))])?;
         // A crash: the journal is not checkpointed.
@@ -504,7 +746,13 @@ mod tests {
         assert_eq!(rec.refs["refs/gitcd/m"], Some(id(3)));
         assert_eq!(rec.seen["refs/heads/main"], vec![id(1), id(2), id(4)]);
         assert_eq!(rec.packs.len(), 1);
-        assert_eq!(rec.packs[0], ([7; 20], b"pack bytes".to_vec(), b"index bytes".to_vec()));
+        assert_eq!(
+            rec.packs[0],
+            JournaledPack::Objects {
+                checksum: [7; 20],
+                objects: b"objects".to_vec()
+            }
+        );
         drop(j);
         let (_j, rec) = Journal::open(dir.path(), &path)?;
         assert!(rec.is_none(), "a clean stop leaves nothing to recover");
@@ -533,6 +781,98 @@ mod tests {
         let rec = rec.ok_or("records to recover")?;
         assert_eq!(rec.refs["refs/heads/main"], Some(id(9)));
         assert_eq!(rec.seen["refs/heads/main"], vec![id(3), id(9)]);
+        Ok(())
+    }
+
+    /// A tree of `n` entries named `e<i>`, entry `changed` pointing at `id`.
+    fn tree(n: usize, changed: usize, id: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            out.extend_from_slice(format!("100644 e{i:05}\0").as_bytes());
+            out.extend_from_slice(&[if i == changed { id } else { 1 }; 20]);
+        }
+        out
+    }
+
+    /// Groups whose trees (deflated in their packs: over 1 MiB) replace
+    /// trees durable before: the record holds
+    /// deltas, far smaller than the packs, and a recovery into an empty
+    /// pack directory writes the very packs again (bases from earlier
+    /// records, and from the repository for a tree no record holds); an old
+    /// record holding whole packs is still read.
+    #[test]
+    fn trees_are_recorded_as_deltas_and_rebuild_the_same_packs() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = journal_path(dir.path(), "refs/gitcd/metadata/refs/heads/main");
+        let pack_dir = dir.path().join("pack");
+        fs::create_dir_all(&pack_dir)?;
+        let (mut j, _) = Journal::open(dir.path(), &path)?;
+        j.reset(BTreeMap::new(), false)?;
+        // The first version, in a pack fsynced where it is (too large for a
+        // record): only `read_tree` below, the repository, knows it.
+        let first = Arc::new(tree(40_000, 0, 1));
+        let first_id = object_id(Kind::Tree, &first);
+        let mut before = PackBuilder::default();
+        before.add_tree(first_id, first.clone(), None);
+        j.note_trees(&before);
+        j.commit(&[])?;
+        let mut packs = Vec::new();
+        let mut previous = first_id;
+        for g in 2..6u8 {
+            let mut pack = PackBuilder::default();
+            let blob = format!("value {g}").repeat(100);
+            let blob_id = object_id(Kind::Blob, blob.as_bytes());
+            pack.add(blob_id, Kind::Blob, blob.as_bytes());
+            let content = Arc::new(tree(40_000, usize::from(g) * 300, g));
+            let tree_id = object_id(Kind::Tree, &content);
+            pack.add_tree(tree_id, content, Some(previous));
+            previous = tree_id;
+            let objects = j.encode(&pack);
+            assert!(
+                objects.len() * 10 < pack.len(),
+                "{} bytes recorded for a {} byte pack",
+                objects.len(),
+                pack.len()
+            );
+            j.note_trees(&pack);
+            let (checksum, bytes, index) = pack.sealed();
+            j.add_pack(&checksum, &objects, &pack_dir.join("unused.pack"));
+            j.commit(&[("refs/heads/main", id(g))])?;
+            packs.push((checksum, bytes, index));
+        }
+        // And a record as gitcd wrote them before: the whole pack.
+        let (old_checksum, old_pack, old_index) = {
+            let mut p = PackBuilder::default();
+            p.add(id(9), Kind::Blob, b"an old record's blob");
+            p.sealed()
+        };
+        j.pending.extend_from_slice(&old_checksum);
+        for part in [&old_pack, &old_index] {
+            j.pending.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            j.pending.extend_from_slice(part);
+        }
+        j.pending_packs = 1;
+        let whole = std::mem::take(&mut j.pending);
+        let record = j.record(GROUP_WHOLE, 0, &whole);
+        j.file.write_all_at(&record, j.end)?;
+        std::mem::forget(j);
+
+        let rec = read(&path)?.ok_or("records to recover")?;
+        assert_eq!(rec.packs.len(), 5);
+        let mut asked = Vec::new();
+        let mut read_tree = |want: ObjectId| {
+            asked.push(want);
+            (want == first_id).then(|| first.to_vec())
+        };
+        let (written, removed) = restore_packs(&pack_dir, &rec, &mut read_tree)?;
+        assert_eq!((written, removed), (5, 0));
+        assert_eq!(asked, vec![first_id], "only the tree of before the checkpoint is read");
+        packs.push((old_checksum, old_pack, old_index));
+        for (checksum, bytes, index) in &packs {
+            let name = format!("pack-{}", super::super::pack::hex(checksum));
+            assert_eq!(&fs::read(pack_dir.join(format!("{name}.pack")))?, bytes);
+            assert_eq!(&fs::read(pack_dir.join(format!("{name}.idx")))?, index);
+        }
         Ok(())
     }
 }

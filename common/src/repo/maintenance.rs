@@ -29,7 +29,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::journal::Journal;
+use super::journal::{Journal, MAX_JOURNALED_PACK};
 use super::lock::{OwnerLock, maintenance_lock_path};
 use super::pack::{self, OFS_DELTA, PackBuilder, PackWriter};
 use super::{RepoError, io_err};
@@ -229,8 +229,17 @@ impl Packs {
         fs::create_dir_all(&self.pack_dir).map_err(io_err(&self.pack_dir))?;
         let path = match journal {
             Some(journal) => {
-                let (path, checksum, index) = pack.finish_unsynced(&self.pack_dir)?;
-                journal.add_pack(&checksum, pack.bytes(), &index, &path);
+                // A pack whose objects would make a large record is not
+                // worth writing twice: it is fsynced where it is.
+                let objects = journal.encode(&pack);
+                let path = if objects.len() <= MAX_JOURNALED_PACK {
+                    let (path, checksum, _) = pack.finish_unsynced(&self.pack_dir)?;
+                    journal.add_pack(&checksum, &objects, &path);
+                    path
+                } else {
+                    pack.finish(&self.pack_dir)?
+                };
+                journal.note_trees(&pack);
                 path
             }
             None => pack.finish(&self.pack_dir)?,
@@ -667,7 +676,7 @@ mod tests {
                 entries.extend_from_slice(blob_id.as_bytes());
             }
             let tree = object_id(Kind::Tree, &entries);
-            pack.add_tree(tree, entries.clone(), previous);
+            pack.add_tree(tree, std::sync::Arc::new(entries.clone()), previous);
             previous = Some(tree);
             objects.push((blob_id, "blob", blob));
             objects.push((tree, "tree", entries.clone()));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use gix::ObjectId;
 
-use super::journal::{Journal, MAX_JOURNALED_PACK};
+use super::journal::Journal;
 use super::maintenance::{Maintenance, Packs};
 use super::pack::PackBuilder;
 use super::{Kind, LocalRepo, RepoError, io_err, tree};
@@ -172,7 +172,7 @@ impl ObjectWriter {
     /// id.
     pub fn write_tree(&mut self, content: Vec<u8>, previous: Option<ObjectId>) -> Result<ObjectId, RepoError> {
         let id = object_id(Kind::Tree, &content);
-        self.pending.add_tree(id, content, previous);
+        self.pending.add_tree(id, std::sync::Arc::new(content), previous);
         self.spill()?;
         Ok(id)
     }
@@ -190,8 +190,7 @@ impl ObjectWriter {
     /// Makes every object written so far durable and visible, as one pack.
     pub fn sync(&mut self) -> Result<(), RepoError> {
         let pack = std::mem::take(&mut self.pending);
-        let journal = self.journal.as_mut().filter(|_| pack.len() <= MAX_JOURNALED_PACK);
-        self.packs.write(pack, journal)
+        self.packs.write(pack, self.journal.as_mut())
     }
 
     /// Drops objects not yet synced (a failed group).

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gix::ObjectId;
 
@@ -38,8 +39,21 @@ struct Entry {
 
 /// A tree's content, and the tree it replaced (a delta base when folding).
 struct Tree {
-    content: Vec<u8>,
+    content: Arc<Vec<u8>>,
     previous: Option<ObjectId>,
+}
+
+/// One entry of a group's pack, as [`PackBuilder::stored`] lists them.
+pub enum Stored<'a> {
+    /// A blob or commit: its entry's bytes in the pack (header and zlib
+    /// stream) and their CRC-32.
+    Object { id: ObjectId, crc: u32, bytes: &'a [u8] },
+    /// A tree (stored uncompressed), and the tree it replaced.
+    Tree {
+        id: ObjectId,
+        previous: Option<ObjectId>,
+        content: &'a Arc<Vec<u8>>,
+    },
 }
 
 const HEADER_LEN: usize = 12;
@@ -109,9 +123,10 @@ impl PackBuilder {
     /// Trees up to [`MAX_STORED_TREE`] are stored, not deflated: they are
     /// mostly object ids, which compress little, and a group rewrites every
     /// tree on its paths; [`fold`] deflates the ones it keeps whole. Larger
-    /// ones (flat directories of thousands of entries) are deflated here,
-    /// where the bytes written and fsynced count more.
-    pub fn add_tree(&mut self, id: ObjectId, content: Vec<u8>, previous: Option<ObjectId>) {
+    /// ones (flat directories of thousands of entries, whose long names
+    /// compress well) are deflated here: every later pass over the pack
+    /// (its checksum, its write) is then over fewer bytes.
+    pub fn add_tree(&mut self, id: ObjectId, content: Arc<Vec<u8>>, previous: Option<ObjectId>) {
         if !self.ids.insert(id) {
             return;
         }
@@ -127,8 +142,24 @@ impl PackBuilder {
         self.entries.last_mut().expect("just added").tree = Some(Tree { content, previous });
     }
 
+    /// The entries, in pack order.
+    pub fn stored(&self) -> impl Iterator<Item = Stored<'_>> {
+        self.entries.iter().map(|e| match &e.tree {
+            Some(t) => Stored::Tree {
+                id: e.id,
+                previous: t.previous,
+                content: &t.content,
+            },
+            None => Stored::Object {
+                id: e.id,
+                crc: e.crc,
+                bytes: &self.data[e.offset as usize..e.end as usize],
+            },
+        })
+    }
+
     /// Appends an entry copied whole from another pack.
-    fn add_copy(&mut self, id: ObjectId, entry: &[u8], crc: u32) {
+    pub(super) fn add_copy(&mut self, id: ObjectId, entry: &[u8], crc: u32) {
         self.ids.insert(id);
         let offset = self.data.len();
         self.data.extend_from_slice(entry);
@@ -201,6 +232,13 @@ impl PackBuilder {
     /// The whole pack, once finished.
     pub fn bytes(&self) -> &[u8] {
         &self.data
+    }
+
+    /// Finishes the pack in memory: its checksum (its name), its bytes and
+    /// its index.
+    pub(super) fn sealed(mut self) -> super::journal::SealedPack {
+        let (checksum, index) = self.seal();
+        (checksum, self.data, index)
     }
 
     /// Fills in the count, appends the checksum; returns it and the index.
@@ -674,7 +712,7 @@ mod tests {
             entries.extend_from_slice(format!("100644 k{g:04}\0").as_bytes());
             entries.extend_from_slice(blob_id.as_bytes());
             let tree_id = super::super::objects::object_id(Kind::Tree, &entries);
-            pack.add_tree(tree_id, entries.clone(), previous);
+            pack.add_tree(tree_id, std::sync::Arc::new(entries.clone()), previous);
             objects.push((tree_id, "tree", entries.clone()));
             previous = Some(tree_id);
             let path = pack.finish(&pack_dir)?;

@@ -380,7 +380,8 @@ impl Writer {
 /// that cannot be read (others may have moved it meanwhile: that stays).
 fn recover(local: &LocalRepo, config: &StoreConfig, recovered: &Recovered) -> Result<(), StorageError> {
     let pack_dir = local.git_dir().join("objects").join("pack");
-    let (written, removed) = journal::restore_packs(&pack_dir, recovered)?;
+    let mut read_tree = |id| local.read(id, Kind::Tree).ok();
+    let (written, removed) = journal::restore_packs(&pack_dir, recovered, &mut read_tree)?;
     let mut moved = Vec::new();
     let auth_ref = config.auth_ref();
     for name in [&config.metadata_ref, &auth_ref, &config.data_ref] {
