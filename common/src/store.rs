@@ -235,7 +235,7 @@ impl StoreConfig {
             start_revision: 1,
             history_window: 10_000,
             poll_interval: Duration::from_millis(500),
-            max_commit_revisions: 128,
+            max_commit_revisions: 512,
             maintenance: Maintenance::Auto,
             member_id: 0,
         }

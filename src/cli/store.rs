@@ -91,7 +91,7 @@ pub struct StoreArgs {
     #[arg(long, env = "GITCD_PACK_MAINTENANCE", default_value = "auto", value_parser = ["auto", "off"])]
     pub pack_maintenance: String,
     /// Most revisions one commit may group when writes arrive faster than commits are made; 1 makes every revision its own commit.
-    #[arg(long, env = "GITCD_MAX_COMMIT_REVISIONS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, env = "GITCD_MAX_COMMIT_REVISIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_commit_revisions: u32,
 }
 

@@ -24,6 +24,14 @@ use crate::repo::{LocalRepo, ObjectWriter, RepoError, TreeNode};
 pub(super) const MAX_BATCH: usize = 512;
 /// How often a batch is retried when someone else moved a ref under it.
 const MAX_CONFLICT_RETRIES: usize = 16;
+/// A group that took this long to write (its trees are large: a flat
+/// directory of many thousand keys) makes the next one gather requests for
+/// up to half as long: a group's cost is mostly its trees, whatever the
+/// number of requests in it, so fewer and larger groups leave the CPU to
+/// the clients. Quick groups never wait.
+const GATHER_AFTER: Duration = Duration::from_millis(20);
+/// Longest a group waits to gather requests.
+const MAX_GATHER: Duration = Duration::from_millis(50);
 
 /// What the writer's queue carries.
 pub(crate) enum Message {
@@ -198,6 +206,8 @@ impl Writer {
     pub fn run(mut self, shared: Arc<Shared>, queue: Receiver<Message>) {
         let mut last_ref_read = Instant::now();
         let mut stopping = false;
+        // How long the last group took to write.
+        let mut last_cost = Duration::ZERO;
         while !stopping {
             let now = Instant::now();
             let next_expiry = shared
@@ -214,12 +224,20 @@ impl Writer {
                 Ok(Message::Stop) => stopping = true,
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            let gather_until = (last_cost >= GATHER_AFTER && !batch.is_empty())
+                .then(|| Instant::now() + (last_cost / 2).min(MAX_GATHER));
             while batch.len() < MAX_BATCH && !stopping {
-                match queue.try_recv() {
+                let next = match gather_until {
+                    Some(until) => queue
+                        .recv_timeout(until.saturating_duration_since(Instant::now()))
+                        .map_err(|_| ()),
+                    None => queue.try_recv().map_err(|_| ()),
+                };
+                match next {
                     Ok(Message::Job(job)) => batch.push(job),
                     Ok(Message::RefsChanged) => {}
                     Ok(Message::Stop) => stopping = true,
-                    Err(_) => break,
+                    Err(()) => break,
                 }
             }
             // Expired leases are revoked like any write, by nobody waiting.
@@ -240,7 +258,9 @@ impl Writer {
             if batch.is_empty() && !read_refs {
                 continue;
             }
+            let started = Instant::now();
             self.run_batch(&shared, batch, read_refs);
+            last_cost = started.elapsed();
         }
     }
 

@@ -530,25 +530,18 @@ async fn w2_check_perf(addr: SocketAddr, load: &str) -> Result<Measured> {
         .await?;
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
     let pass = text.lines().any(|l| l.trim() == "PASS");
-    let tput = text
-        .lines()
-        .find_map(|l| {
-            l.split("Throughput is ")
-                .nth(1)
-                .or_else(|| l.split("Throughput too low: ").nth(1))
-        })
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|t| t.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let slowest = text
-        .lines()
-        .find_map(|l| {
-            l.split("Slowest request took ")
-                .nth(1)
-                .or_else(|| l.split("Slowest request took too long: ").nth(1))
-        })
-        .and_then(|t| t.trim_end_matches('s').parse::<f64>().ok())
-        .unwrap_or(0.0);
+    // etcdctl's lines: "PASS: Throughput is 990 writes/s", "FAIL: Throughput too low: 759 writes/s",
+    // "PASS: Slowest request took 0.49s", "PASS: Stddev is 0.05s", "FAIL: Stddev too high: 0.13s".
+    let number_after = |prefixes: &[&str]| {
+        text.lines()
+            .find_map(|l| prefixes.iter().find_map(|p| l.split(p).nth(1)))
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.trim_end_matches('s').parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let tput = number_after(&["Throughput is ", "Throughput too low: "]);
+    let slowest = number_after(&["Slowest request took too long: ", "Slowest request took "]);
+    let stddev = number_after(&["Stddev too high: ", "Stddev is "]);
     Ok(Measured {
         ops: 0,
         elapsed: start.elapsed(),
@@ -556,6 +549,7 @@ async fn w2_check_perf(addr: SocketAddr, load: &str) -> Result<Measured> {
         extra: vec![
             (format!("check perf --load={load} writes/s"), tput, true),
             ("check perf slowest s".into(), slowest, false),
+            ("check perf stddev s".into(), stddev, false),
             (
                 "check perf PASS (1) / FAIL (0)".into(),
                 if pass { 1.0 } else { 0.0 },
