@@ -89,6 +89,8 @@ pub struct ObjectWriter {
     packs: Packs,
     /// Where groups are made durable, once attached (see [`Journal`]).
     journal: Option<Journal>,
+    /// Bytes of trees written so far.
+    tree_bytes: u64,
 }
 
 /// Pack bytes held in memory before they are written out unasked.
@@ -103,6 +105,7 @@ impl ObjectWriter {
             pending: PackBuilder::default(),
             packs: Packs::new(git_dir, maintenance),
             journal: None,
+            tree_bytes: 0,
         }
     }
 
@@ -126,6 +129,12 @@ impl ObjectWriter {
             Some(j) => j.commit(refs),
             None => Ok(()),
         }
+    }
+
+    /// Total bytes of trees written (the part of a group that grows with
+    /// the directories it changes, not with its requests).
+    pub fn tree_bytes_written(&self) -> u64 {
+        self.tree_bytes
     }
 
     /// Total bytes of pack data written.
@@ -190,6 +199,7 @@ impl ObjectWriter {
     /// Makes every object written so far durable and visible, as one pack.
     pub fn sync(&mut self) -> Result<(), RepoError> {
         let pack = std::mem::take(&mut self.pending);
+        self.tree_bytes += pack.tree_bytes() as u64;
         self.packs.write(pack, self.journal.as_mut())
     }
 

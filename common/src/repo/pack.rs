@@ -92,6 +92,11 @@ impl PackBuilder {
         self.data.len()
     }
 
+    /// Bytes of the trees in the pack.
+    pub fn tree_bytes(&self) -> usize {
+        self.tree_bytes
+    }
+
     /// Bytes held in memory: the pack and the trees kept for folding.
     pub fn memory(&self) -> usize {
         self.data.len() + self.tree_bytes

@@ -24,12 +24,13 @@ use crate::repo::{LocalRepo, ObjectWriter, RepoError, TreeNode};
 pub(super) const MAX_BATCH: usize = 512;
 /// How often a batch is retried when someone else moved a ref under it.
 const MAX_CONFLICT_RETRIES: usize = 16;
-/// A group that took this long to write (its trees are large: a flat
-/// directory of many thousand keys) makes the next one gather requests for
-/// up to half as long: a group's cost is mostly its trees, whatever the
+/// A group that rewrote this many bytes of trees (a flat directory of tens
+/// of thousands of keys) makes the next one gather requests for up to half
+/// as long as it took: such a group's cost is its trees, whatever the
 /// number of requests in it, so fewer and larger groups leave the CPU to
-/// the clients. Quick groups never wait.
-const GATHER_AFTER: Duration = Duration::from_millis(20);
+/// the clients. Groups of small trees (W1's, kube-apiserver's) never wait:
+/// their cost grows with their requests, and a wait is only latency.
+const GATHER_TREES: u64 = 4 << 20;
 /// Longest a group waits to gather requests.
 const MAX_GATHER: Duration = Duration::from_millis(50);
 
@@ -206,8 +207,9 @@ impl Writer {
     pub fn run(mut self, shared: Arc<Shared>, queue: Receiver<Message>) {
         let mut last_ref_read = Instant::now();
         let mut stopping = false;
-        // How long the last group took to write.
-        let mut last_cost = Duration::ZERO;
+        // How long the last group took to write, and whether its trees
+        // were large.
+        let (mut last_cost, mut large_trees) = (Duration::ZERO, false);
         while !stopping {
             let now = Instant::now();
             let next_expiry = shared
@@ -224,8 +226,8 @@ impl Writer {
                 Ok(Message::Stop) => stopping = true,
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            let gather_until = (last_cost >= GATHER_AFTER && !batch.is_empty())
-                .then(|| Instant::now() + (last_cost / 2).min(MAX_GATHER));
+            let gather_until =
+                (large_trees && !batch.is_empty()).then(|| Instant::now() + (last_cost / 2).min(MAX_GATHER));
             while batch.len() < MAX_BATCH && !stopping {
                 let next = match gather_until {
                     Some(until) => queue
@@ -258,9 +260,10 @@ impl Writer {
             if batch.is_empty() && !read_refs {
                 continue;
             }
-            let started = Instant::now();
+            let (started, trees_before) = (Instant::now(), self.objects.tree_bytes_written());
             self.run_batch(&shared, batch, read_refs);
             last_cost = started.elapsed();
+            large_trees = self.objects.tree_bytes_written() - trees_before >= GATHER_TREES;
         }
     }
 
