@@ -18,8 +18,10 @@ fn a_change_reloads_only_its_service() -> Result<()> {
     )?;
     let hups = f.path("hups");
     let pidfile = f.path("c.pid");
+    // The pid file says the trap is set: written after it, so that a HUP
+    // that comes at once is caught, not fatal to the shell.
     let trap = format!(
-        "echo $$ > {pid}; trap 'echo hup >> {hups}' HUP; while :; do sleep 0.05; done",
+        "trap 'echo hup >> {hups}' HUP; echo $$ > {pid}; while :; do sleep 0.05; done",
         pid = pidfile.display(),
         hups = hups.display()
     );
