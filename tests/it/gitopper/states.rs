@@ -25,7 +25,11 @@ fn a_change_reloads_only_its_service() -> Result<()> {
         pid = pidfile.display(),
         hups = hups.display()
     );
-    let mut trapper = Command::new("sh").arg("-c").arg(&trap).spawn()?;
+    // A shell cannot trap a signal ignored when it started (under nohup,
+    // HUP is): env gives it HUP's default disposition first.
+    let mut trapper = Command::new("env")
+        .args(["--default-signal=HUP", "sh", "-c", &trap])
+        .spawn()?;
     let _reap = KillOnDrop(&mut trapper);
     // Written, not only created: gitopper reads it once it starts.
     poll("the pid file", WAIT, || {
