@@ -4,24 +4,27 @@
 //! Layout of a metadata tree:
 //!
 //! ```text
-//! format      "gitcd/2" ("gitcd/1": the same, without `putblob` log lines)
+//! format      "gitcd/3" (read too: "gitcd/2", "gitcd/1"; see READ_FORMATS)
 //! revision    the store revision this commit brings the store to
 //! data        the id of the data commit this revision describes
 //! compact     the compact revision (absent until the first Compact)
 //! leases      one line per lease: "<id> <ttl>" (absent when none)
 //! log         only in a commit grouping several revisions: each one's changes
-//! keys/ab/cdef…   one blob per key, named by the SHA-1 of the key bytes:
-//!                 key, create, mod, version, lease, time (see `encode_key`)
+//! keys/ab/c/def…  one blob per key, in a trie named by the SHA-1 of the key
+//!                 bytes (see `key_hex`): key, create, mod, version, lease,
+//!                 time (see `encode_key`)
 //! ```
 
 use std::fmt::Write as _;
 
 /// The value of the `format` root entry this code writes.
-pub const FORMAT: &str = "gitcd/2";
-/// The formats this code reads: `gitcd/1` differs only in that its logs
-/// hold every value inline (no `putblob` lines), so a store of format 1 is
-/// read as it is and its next commit is of format 2.
-pub const READ_FORMATS: [&str; 2] = ["gitcd/1", FORMAT];
+pub const FORMAT: &str = "gitcd/3";
+/// The formats this code reads. `gitcd/1`'s logs hold every value inline
+/// (no `putblob` lines); `gitcd/1` and `gitcd/2` keep every key's blob one
+/// level below its `keys/` directory, which is a trie that has not split
+/// yet. So an older store is read as it is, its next commit is of format 3,
+/// and its directories split as they grow.
+pub const READ_FORMATS: [&str; 3] = ["gitcd/1", "gitcd/2", FORMAT];
 /// Root entry names.
 pub const FORMAT_ENTRY: &str = "format";
 pub const REVISION_ENTRY: &str = "revision";
@@ -59,15 +62,26 @@ impl ParseError {
     }
 }
 
-/// The path of a key's metadata blob below `keys/`: two levels, the first
-/// named by two hex digits of the key's SHA-1, so that each tree stays small
-/// however many keys one data directory holds.
-pub fn key_path(key: &[u8]) -> [String; 2] {
-    let hex: String = <sha1::Sha1 as sha1::Digest>::digest(key)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    [hex[..2].to_owned(), hex[2..].to_owned()]
+/// Hex digits of the key's SHA-1 that name its directory right below
+/// `keys/` (256 of them, as in formats 1 and 2).
+pub const KEYS_TOP_DIGITS: usize = 2;
+/// Most blobs a directory of the keys trie holds before it splits by the
+/// next digit: a write rewrites the directories on its key's path, so their
+/// size, not the number of keys, is what a write costs.
+pub const KEYS_MAX_LEAF: usize = 32;
+
+/// The 40 hex digits of a key's SHA-1, which place its metadata blob in the
+/// `keys/` trie: the first [`KEYS_TOP_DIGITS`] name a directory, then one
+/// digit per directory level as deep as the trie has split there, and the
+/// rest name the blob.
+pub fn key_hex(key: &[u8]) -> [u8; 40] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 40];
+    for (i, b) in <sha1::Sha1 as sha1::Digest>::digest(key).iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 15)];
+    }
+    out
 }
 
 /// Encodes a key's metadata blob: one `name value` line per field, the key
@@ -467,9 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn key_paths_shard_by_hash() {
-        let [a, b] = key_path(b"/a");
-        assert_eq!(a.len(), 2);
-        assert_eq!(b.len(), 38);
+    fn key_hex_is_the_sha1_in_hex() {
+        assert_eq!(&key_hex(b"/a"), b"2256c6ac80d3eb2693897a53c615c4840981e5aa");
     }
 }

@@ -250,6 +250,123 @@ impl TreeNode {
         }
     }
 
+    /// The subtree `name`, made empty when missing (a file in its way goes).
+    fn dir_mut(&mut self, repo: &LocalRepo, name: &[u8]) -> Result<&mut TreeNode, RepoError> {
+        self.id = None;
+        if self.subtree_mut(repo, name)?.is_none() {
+            self.remove_leaf(name);
+            self.children.insert(
+                sort_key(name, true),
+                Child::Tree {
+                    id: ObjectId::null(gix::hash::Kind::Sha1),
+                    node: Some(Box::new(TreeNode::empty())),
+                },
+            );
+        }
+        Ok(self
+            .subtree_mut(repo, name)?
+            .expect("the directory exists: it was found or just inserted"))
+    }
+
+    /// Stores `id` in the hash trie below directory `dir` (the metadata's
+    /// `keys/`, docs/format.md "Metadata tree"): the first `top` digits of
+    /// `hex` name a directory; below it, each directory level is named by
+    /// one more digit, and the blob by the digits left. A directory holding
+    /// more than `max_leaf` blobs splits into directories by their next
+    /// digit, and from then on holds only directories. Nothing merges back:
+    /// readers search the levels (see [`crate::store::history::key_meta`]).
+    pub fn put_hashed(
+        &mut self,
+        repo: &LocalRepo,
+        (dir, top, max_leaf): (&str, usize, usize),
+        hex: &[u8],
+        id: ObjectId,
+    ) -> Result<(), RepoError> {
+        let mut node = self.dir_mut(repo, dir.as_bytes())?.dir_mut(repo, &hex[..top])?;
+        let mut depth = top;
+        // A directory that has split holds only directories.
+        while depth + 1 < hex.len() && node.children.keys().any(|k| k.ends_with(b"/")) {
+            node = node.dir_mut(repo, &hex[depth..=depth])?;
+            depth += 1;
+        }
+        node.set_leaf(&hex[depth..], MODE_BLOB, id);
+        node.split(repo, max_leaf)
+    }
+
+    /// Removes the blob `put_hashed` stored for `hex`; directories left
+    /// empty disappear.
+    pub fn remove_hashed(&mut self, repo: &LocalRepo, (dir, top): (&str, usize), hex: &[u8]) -> Result<bool, RepoError> {
+        let mut path: Vec<&[u8]> = vec![dir.as_bytes(), &hex[..top]];
+        let mut depth = top;
+        loop {
+            path.push(&hex[depth..]);
+            if self.remove_path(repo, &path)? {
+                return Ok(true);
+            }
+            path.pop();
+            if depth + 1 >= hex.len() {
+                return Ok(false);
+            }
+            path.push(&hex[depth..=depth]);
+            depth += 1;
+        }
+    }
+
+    /// Removes the file at `path` (no `%self` rule); directories left
+    /// empty disappear. False when there is no such file.
+    fn remove_path(&mut self, repo: &LocalRepo, path: &[&[u8]]) -> Result<bool, RepoError> {
+        let (name, rest) = path.split_first().expect("a path has at least one segment");
+        if rest.is_empty() {
+            return Ok(self.remove_leaf(name));
+        }
+        let removed = match self.subtree_mut(repo, name)? {
+            Some(dir) => dir.remove_path(repo, rest)?,
+            None => return Ok(false),
+        };
+        if removed {
+            self.id = None;
+            self.tidy(name);
+        }
+        Ok(removed)
+    }
+
+    /// Splits this trie directory by the next digit of its blobs' names
+    /// when it holds more than `max_leaf` of them (and again below, for a
+    /// skewed one). Blobs named by one digit stay: there is no next one.
+    fn split(&mut self, repo: &LocalRepo, max_leaf: usize) -> Result<(), RepoError> {
+        let splittable = |name: &[u8], child: &Child| name.len() > 1 && matches!(child, Child::Leaf { .. });
+        if self.children.iter().filter(|(k, c)| splittable(k, c)).count() <= max_leaf {
+            return Ok(());
+        }
+        let blobs: Vec<(Vec<u8>, Child)> = {
+            let names: Vec<Vec<u8>> = self
+                .children
+                .iter()
+                .filter(|(k, c)| splittable(k, c))
+                .map(|(k, _)| k.clone())
+                .collect();
+            names
+                .into_iter()
+                .map(|k| {
+                    let child = self.children.remove(&k).expect("the name was just listed");
+                    (k, child)
+                })
+                .collect()
+        };
+        let mut made = std::collections::BTreeSet::new();
+        for (name, child) in blobs {
+            let Child::Leaf { mode, id } = child else {
+                unreachable!("only blobs were taken")
+            };
+            self.dir_mut(repo, &name[..1])?.set_leaf(&name[1..], mode, id);
+            made.insert(name[..1].to_vec());
+        }
+        for digit in made {
+            self.dir_mut(repo, &digit)?.split(repo, max_leaf)?;
+        }
+        Ok(())
+    }
+
     /// Sets a file directly in this tree (for metadata root entries).
     pub fn set_file(&mut self, name: &str, id: ObjectId) {
         self.set_leaf(name.as_bytes(), MODE_BLOB, id);

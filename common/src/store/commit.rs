@@ -61,8 +61,7 @@ impl Writer {
             self.working.live_bytes += size(c.new.as_ref()) - size(c.prev.as_ref());
         }
         for (key, new) in finals {
-            let [shard, rest] = meta::key_path(key);
-            let meta_path = [meta::KEYS_DIR.to_owned(), shard, rest];
+            let hex = meta::key_hex(key);
             match new {
                 Some(kv) => {
                     if !external {
@@ -71,13 +70,15 @@ impl Writer {
                         blobs.insert(key.clone(), blob);
                     }
                     let blob = self.objects.write(Kind::Blob, &meta::encode_key(key, &kv.meta))?;
-                    self.meta_tree.put(&self.repo, &meta_path, blob)?;
+                    let trie = (meta::KEYS_DIR, meta::KEYS_TOP_DIGITS, meta::KEYS_MAX_LEAF);
+                    self.meta_tree.put_hashed(&self.repo, trie, &hex, blob)?;
                 }
                 None => {
                     if !external {
                         self.data_tree.remove(&self.repo, &keys::encode(key))?;
                     }
-                    self.meta_tree.remove(&self.repo, &meta_path)?;
+                    self.meta_tree
+                        .remove_hashed(&self.repo, (meta::KEYS_DIR, meta::KEYS_TOP_DIGITS), &hex)?;
                 }
             }
         }

@@ -113,42 +113,49 @@ pub fn from_git(repo: &LocalRepo, index: &Revisions, rev: i64) -> Result<Revisio
         Some(b) => Some(repo.commit(b.metadata)?.tree),
         None => None,
     };
-    let mut changes = Vec::new();
+    // The keys whose blobs differ. A blob that only moved (its trie
+    // directory split) shows as removed at one path and added at another:
+    // its key is compared below and drops out.
+    let mut touched = std::collections::BTreeSet::new();
     for (path, blob) in tree::diff_files(repo, old_keys, new_keys)? {
-        let new = match blob {
-            Some(b) => Some(decode_key_blob(repo, b)?),
-            None => None,
-        };
-        let key = match &new {
-            Some((k, _)) => k.clone(),
+        let blob = match blob {
+            Some(b) => b,
             None => {
                 // Removed: the key is named in the old blob.
                 // (`diff_files` reports a removal only when there was an
                 // old tree holding it.)
                 let old_tree = old_keys.expect("a removed entry comes from the old tree");
                 let names: Vec<&[u8]> = path.iter().map(Vec::as_slice).collect();
-                let entry = repo
-                    .lookup(old_tree, &names)?
-                    .expect("a removed entry is in the old tree");
-                decode_key_blob(repo, entry.id)?.0
+                repo.lookup(old_tree, &names)?
+                    .expect("a removed entry is in the old tree")
+                    .id
             }
         };
-        let key = Bytes::from(key);
-        let new = match new {
-            Some((_, m)) => Some(Kv {
+        touched.insert(Bytes::from(decode_key_blob(repo, blob)?.0));
+    }
+    let new_meta_tree = repo.commit(now.metadata)?.tree;
+    let mut changes = Vec::new();
+    for key in touched {
+        let new_meta = history::key_meta(repo, new_meta_tree, &key)?;
+        let prev_meta = match old_meta_tree {
+            Some(mt) => history::key_meta(repo, mt, &key)?,
+            None => None,
+        };
+        if new_meta == prev_meta {
+            continue;
+        }
+        let new = match new_meta {
+            Some(m) => Some(Kv {
                 meta: m,
                 value: value_at(repo, new_data, &key)?,
             }),
             None => None,
         };
-        let prev = match (old_meta_tree, old_data) {
-            (Some(mt), Some(dt)) => match history::key_meta(repo, mt, &key)? {
-                Some(m) => Some(Kv {
-                    meta: m,
-                    value: value_at(repo, dt, &key)?,
-                }),
-                None => None,
-            },
+        let prev = match (prev_meta, old_data) {
+            (Some(m), Some(dt)) => Some(Kv {
+                meta: m,
+                value: value_at(repo, dt, &key)?,
+            }),
             _ => None,
         };
         changes.push(Change { key, prev, new });

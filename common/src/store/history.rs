@@ -149,13 +149,26 @@ pub fn files_in(
 
 /// The metadata of `key` in metadata tree `meta_tree`, if it is live there.
 pub fn key_meta(repo: &LocalRepo, meta_tree: gix::ObjectId, key: &[u8]) -> Result<Option<meta::KeyMeta>, Error> {
-    let [shard, rest] = meta::key_path(key);
-    let Some(entry) = repo.lookup(
-        meta_tree,
-        &[meta::KEYS_DIR.as_bytes(), shard.as_bytes(), rest.as_bytes()],
-    )?
-    else {
+    let hex = meta::key_hex(key);
+    let top = meta::KEYS_TOP_DIGITS;
+    let Some(mut dir) = repo.lookup(meta_tree, &[meta::KEYS_DIR.as_bytes(), &hex[..top]])? else {
         return Ok(None);
+    };
+    // Down the trie: the blob named by the digits left, or the directory
+    // named by the next one.
+    let mut depth = top;
+    let entry = loop {
+        if !dir.is_tree() {
+            return Ok(None);
+        }
+        let entries = repo.tree_entries(dir.id)?;
+        if let Some(blob) = entries.iter().find(|e| e.name == hex[depth..] && e.is_file()) {
+            break blob.clone();
+        }
+        match entries.into_iter().find(|e| depth + 1 < hex.len() && e.name == hex[depth..=depth]) {
+            Some(next) => (dir, depth) = (next, depth + 1),
+            None => return Ok(None),
+        }
     };
     let (_, m) = meta::decode_key(&repo.read(entry.id, Kind::Blob)?)
         .map_err(|source| CorruptError::MalformedBlob { blob: entry.id, source })?;

@@ -151,7 +151,7 @@ impl Writer {
             return Err(CorruptError::Format {
                 commit: head,
                 found: String::from_utf8_lossy(&format).trim().into(),
-                expected: "gitcd/1 and gitcd/2",
+                expected: "gitcd/1, gitcd/2 and gitcd/3",
             }
             .into());
         }

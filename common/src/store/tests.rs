@@ -284,7 +284,7 @@ fn set_format(config: &StoreConfig, format: &str) -> anyhow::Result<()> {
 }
 
 /// A store written in format `gitcd/1` (logs with every value inline) opens
-/// as it is; its next commit is `gitcd/2`. A format this gitcd does not know
+/// as it is; its next commit is of the current format. A format this gitcd does not know
 /// is refused with an error naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn format_1_is_read_and_unknown_formats_are_refused() -> anyhow::Result<()> {
@@ -304,8 +304,114 @@ async fn format_1_is_read_and_unknown_formats_are_refused() -> anyhow::Result<()
     let err = Store::open(config.clone()).err().expect("an unknown format is refused");
     let text = crate::error::chain(&err).to_string();
     assert!(
-        text.contains("\"gitcd/9\"") && text.contains("this gitcd reads gitcd/1 and gitcd/2"),
+        text.contains("\"gitcd/9\"") && text.contains("this gitcd reads gitcd/1, gitcd/2 and gitcd/3"),
         "{text}"
     );
+    Ok(())
+}
+
+/// The metadata blobs' paths below `keys/`, from Git.
+fn key_blob_paths(config: &StoreConfig) -> anyhow::Result<Vec<String>> {
+    let listing = git(
+        &config.repo,
+        &["ls-tree", "-r", "--name-only", &format!("{}:keys", config.metadata_ref)],
+    )?;
+    Ok(listing.lines().map(str::to_owned).collect())
+}
+
+/// A directory of the `keys/` trie splits by the next digit when it would
+/// hold more than `KEYS_MAX_LEAF` blobs, and a store written before the trie
+/// (format 2: every directory one level, never split) is read as it is and
+/// splits as it grows. Every key's metadata stays readable at every
+/// revision, before and after the split, from memory, after a restart, and
+/// from Git (a past revision's range and events older than the window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_directories_split_as_they_grow() -> anyhow::Result<()> {
+    use crate::meta::{KEYS_MAX_LEAF, key_hex};
+    let dir = tempfile::tempdir()?;
+    let (store, config) = open(dir.path(), |c| c.history_window = 1)?;
+    // Keys that share the directory `keys/00`, and two more elsewhere.
+    let shared: Vec<String> = (0..)
+        .map(|i| format!("/k{i}"))
+        .filter(|k| key_hex(k.as_bytes()).starts_with(b"00"))
+        .take(KEYS_MAX_LEAF + 8)
+        .collect();
+    for k in &shared[..KEYS_MAX_LEAF] {
+        store.put(put(k, "old")).await?;
+    }
+    store.put(put("/other", "x")).await?;
+    let before_split = store.snapshot().revision;
+    let paths = key_blob_paths(&config)?;
+    assert_eq!(paths.iter().filter(|p| p.starts_with("00/")).count(), KEYS_MAX_LEAF);
+    assert!(paths.iter().all(|p| p.len() == 2 + 1 + 38), "not split yet: {paths:?}");
+    // What format 2 wrote is this very layout: reopen it as format 2.
+    store.close();
+    set_format(&config, "gitcd/2")?;
+    let store = Store::open(config.clone())?;
+    for k in &shared[KEYS_MAX_LEAF..] {
+        store.put(put(k, "new")).await?;
+    }
+    store.put(put(&shared[0], "changed")).await?;
+    let paths = key_blob_paths(&config)?;
+    let in_00: Vec<&String> = paths.iter().filter(|p| p.starts_with("00/")).collect();
+    assert_eq!(in_00.len(), shared.len());
+    for k in &shared {
+        let hex = String::from_utf8(key_hex(k.as_bytes()).to_vec())?;
+        let split = format!("00/{}/{}", &hex[2..3], &hex[3..]);
+        assert!(paths.contains(&split), "{k} at {split}: {in_00:?}");
+    }
+    let tip = format!("{}:format", config.metadata_ref);
+    assert_eq!(git(&config.repo, &["cat-file", "-p", &tip])?, crate::meta::FORMAT);
+    // Deleting keys empties directories, which disappear.
+    let gone = &shared[KEYS_MAX_LEAF];
+    let gone_hex = String::from_utf8(key_hex(gone.as_bytes()).to_vec())?;
+    let alone = shared
+        .iter()
+        .filter(|k| key_hex(k.as_bytes())[2] == gone_hex.as_bytes()[2])
+        .count();
+    store
+        .delete_range(DeleteRangeRequest {
+            key: Bytes::copy_from_slice(gone.as_bytes()),
+            ..Default::default()
+        })
+        .await?;
+    let paths = key_blob_paths(&config)?;
+    assert_eq!(paths.iter().filter(|p| p.starts_with("00/")).count(), shared.len() - 1);
+    if alone == 1 {
+        assert!(!paths.iter().any(|p| p.starts_with(&format!("00/{}/", &gone_hex[2..3]))));
+    }
+    let expected = store.snapshot().kvs.clone();
+    let now = store.snapshot().revision;
+    store.close();
+
+    // After a restart, every key's metadata is read from the trie.
+    let store = Store::open(config.clone())?;
+    assert_eq!(store.snapshot().kvs, expected);
+    // A past revision, from Git: before the split, keys stood one level down.
+    let past = store
+        .range(RangeRequest {
+            key: Bytes::from_static(b"/"),
+            range_end: Bytes::from_static(b"0"),
+            revision: before_split,
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(past.kvs.len(), KEYS_MAX_LEAF + 1);
+    assert!(past.kvs.iter().all(|kv| kv.mod_revision <= before_split));
+    // Events rebuilt from Git (the window holds one revision): each of the
+    // single-key commits after the split shows its own key once, though the
+    // split moved other keys' blobs.
+    let events = store.events(before_split + 1, now, 100).await?;
+    assert_eq!(events.len() as i64, now - before_split);
+    for (e, key) in events.iter().zip(shared[KEYS_MAX_LEAF..].iter().chain([&shared[0], gone])) {
+        let keys: Vec<&[u8]> = e.changes.iter().map(|c| &c.key[..]).collect();
+        assert_eq!(keys, [key.as_bytes()], "revision {}", e.revision);
+    }
+    let changed = &events[events.len() - 2].changes[0];
+    assert_eq!(changed.prev.as_ref().map(|kv| &kv.value[..]), Some(&b"old"[..]));
+    assert_eq!(changed.new.as_ref().map(|kv| &kv.value[..]), Some(&b"changed"[..]));
+    let deleted = &events[events.len() - 1].changes[0];
+    assert!(deleted.prev.is_some() && deleted.new.is_none());
+    store.close();
     Ok(())
 }
