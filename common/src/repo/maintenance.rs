@@ -5,10 +5,11 @@
 //! `gitcd/maintenance.lock` in the Git directory, see [`Maintenance`]) runs a
 //! background thread that folds every [`FOLD_AFTER`] of its own group packs
 //! into one pack whose trees are deltas against their previous versions
-//! ([`pack::fold`]), and consolidates packs geometrically (as `git repack
-//! --geometric=2` would) so that their number stays logarithmic in the
-//! repository's size. A consolidation copies entries as they are stored: no
-//! inflating, no delta search, no walk of history.
+//! ([`pack::fold`]), and consolidates packs in tiers of size (eight packs of
+//! one tier become one of the next) so that their number stays logarithmic
+//! in the repository's size while each byte is copied only a few times. A
+//! consolidation copies entries as they are stored: no inflating, no delta
+//! search, no walk of history.
 //!
 //! What it leaves alone: packs with a `.keep` (Git's protocol for a pack whose
 //! refs are not updated yet: `git receive-pack` and `git fetch` write one
@@ -94,9 +95,14 @@ const FOLD_MEMORY: usize = 64 << 20;
 /// writer waits beyond (backpressure). A fold takes a fraction of a second,
 /// and the groups written meanwhile must not make the writer wait.
 const FOLD_QUEUE_MEMORY: usize = 64 << 20;
-/// A pack is consolidated with the smaller ones when it is less than this
-/// many times as large as all of them together.
-const GEOMETRIC_FACTOR: u64 = 2;
+/// Packs of one size tier that are consolidated together, and the ratio of
+/// one tier's sizes to the next: tier 0 holds packs under [`TIER_BASE`],
+/// tier 1 up to 8 times that, and so on. Each byte is copied about once per
+/// tier it climbs (log8 of the repository's size in folds; `git repack
+/// --geometric=2` copies it about three times as often), and a tier never
+/// holds more than 7 packs for long.
+const TIER_PACKS: usize = 8;
+const TIER_BASE: u64 = 1 << 20;
 /// How often an idle maintainer looks at the pack directory (others' packs:
 /// a fetch, a push, a gitcd that does not maintain).
 const IDLE_LOOK: Duration = Duration::from_secs(30);
@@ -118,7 +124,10 @@ impl Default for Counters {
                 "gitcd_pack_folds_total",
                 "Group packs folded into one, with tree deltas.",
             ),
-            consolidations: counter("gitcd_pack_consolidations_total", "Geometric consolidations of packs."),
+            consolidations: counter(
+                "gitcd_pack_consolidations_total",
+                "Consolidations of packs (a size tier's packs into one).",
+            ),
         }
     }
 }
@@ -428,23 +437,33 @@ fn git_gc_running(pack_dir: &Path) -> bool {
         .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < GC_PID_STALE))
 }
 
-/// The packs to consolidate so that every pack left is at least
-/// [`GEOMETRIC_FACTOR`] times as large as all smaller ones together:
-/// the smallest packs, up to the largest one that breaks that rule. Group
-/// packs not folded yet are the folder's; packs marked `.keep` or
-/// `.promisor`, and every pack while a multi-pack index exists, are left to
-/// Git's own maintenance.
+/// The packs to consolidate: every pack of the lowest size tier that holds
+/// [`TIER_PACKS`] or more (their sum lands in a higher tier). Group packs
+/// not folded yet are the folder's; packs marked `.keep` or `.promisor`,
+/// and every pack while a multi-pack index exists, are left to Git's own
+/// maintenance.
 fn pick_consolidation(pack_dir: &Path, unfolded: &HashSet<PathBuf>) -> Result<Vec<PathBuf>, RepoError> {
-    let packs = eligible_packs(pack_dir, unfolded)?;
-    let mut smaller = 0;
-    let mut cut = 0;
-    for (i, (size, _)) in packs.iter().enumerate() {
-        if i > 0 && *size < GEOMETRIC_FACTOR * smaller {
-            cut = i + 1;
-        }
-        smaller += size;
+    let mut tiers: std::collections::BTreeMap<u32, Vec<PathBuf>> = std::collections::BTreeMap::new();
+    for (size, pack) in eligible_packs(pack_dir, unfolded)? {
+        tiers.entry(size_tier(size)).or_default().push(pack);
     }
-    Ok(packs.into_iter().take(cut).map(|(_, p)| p).collect())
+    Ok(tiers
+        .into_values()
+        .find(|packs| packs.len() >= TIER_PACKS)
+        .unwrap_or_default())
+}
+
+/// A pack's size tier: 0 below [`TIER_BASE`], then one more for each
+/// [`TIER_PACKS`]-fold.
+fn size_tier(size: u64) -> u32 {
+    let (mut tier, mut bound) = (0, Some(TIER_BASE));
+    while let Some(b) = bound
+        && size >= b
+    {
+        tier += 1;
+        bound = b.checked_mul(TIER_PACKS as u64);
+    }
+    tier
 }
 
 /// The packs the maintainer may consolidate, smallest first, with their
@@ -748,38 +767,53 @@ mod tests {
         Ok(())
     }
 
-    /// Packs are consolidated from the smallest up to the largest one that is
-    /// less than twice all smaller ones together; unfolded packs stay.
+    /// Packs of the lowest tier that holds eight or more are consolidated;
+    /// unfolded packs stay.
     #[test]
-    fn geometric_pick() -> anyhow::Result<()> {
+    fn tiered_pick() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let pick = |sizes: &[usize], unfolded: &[usize]| -> anyhow::Result<Vec<usize>> {
+        let pick = |sizes: &[u64], unfolded: &[usize]| -> anyhow::Result<Vec<usize>> {
             for e in fs::read_dir(dir.path())? {
                 fs::remove_file(e?.path())?;
             }
             let mut skip = HashSet::new();
+            let mut names = HashMap::new();
             for (i, size) in sizes.iter().enumerate() {
                 let pack = dir.path().join(format!("pack-{i:040}.pack"));
-                fs::write(&pack, vec![0; *size])?;
+                fs::File::create(&pack)?.set_len(*size)?;
                 fs::write(pack.with_extension("idx"), b"")?;
                 if unfolded.contains(&i) {
-                    skip.insert(pack);
+                    skip.insert(pack.clone());
                 }
+                names.insert(pack, i);
             }
-            Ok(pick_consolidation(dir.path(), &skip)?
+            let mut picked: Vec<usize> = pick_consolidation(dir.path(), &skip)?
                 .iter()
-                .map(|p| {
-                    sizes
-                        .iter()
-                        .position(|s| fs::metadata(p).map(|m| m.len()).ok() == Some(*s as u64))
-                        .expect("a size")
-                })
-                .collect())
+                .map(|p| names[p])
+                .collect();
+            picked.sort();
+            Ok(picked)
         };
-        assert_eq!(pick(&[1000, 400, 10, 15], &[])?, vec![2, 3]);
-        assert_eq!(pick(&[1000, 100, 10, 30], &[])?, Vec::<usize>::new());
-        assert_eq!(pick(&[1000, 900, 10, 30], &[])?, vec![2, 3, 1, 0]);
-        assert_eq!(pick(&[1000, 400, 10, 15, 12], &[2])?, vec![4, 3]);
+        const M: u64 = 1 << 20;
+        assert_eq!(size_tier(0), 0);
+        assert_eq!(size_tier(M - 1), 0);
+        assert_eq!(size_tier(M), 1);
+        assert_eq!(size_tier(8 * M - 1), 1);
+        assert_eq!(size_tier(8 * M), 2);
+        assert_eq!(size_tier(u64::MAX), 15);
+        let none = Vec::<usize>::new();
+        // Seven of a tier wait; the eighth makes them one.
+        assert_eq!(pick(&[2 * M; 7], &[])?, none);
+        assert_eq!(pick(&[2 * M; 8], &[])?, (0..8).collect::<Vec<_>>());
+        // The lowest full tier goes first, whole; other tiers stay.
+        let mut sizes = vec![100 * M];
+        sizes.extend([3 * M; 9]);
+        sizes.extend([10; 8]);
+        assert_eq!(pick(&sizes, &[])?, (10..18).collect::<Vec<_>>());
+        sizes.truncate(13);
+        assert_eq!(pick(&sizes, &[])?, (1..10).collect::<Vec<_>>());
+        // Unfolded group packs are not counted.
+        assert_eq!(pick(&[2 * M; 8], &[3])?, none);
         Ok(())
     }
 }

@@ -295,7 +295,12 @@ impl TreeNode {
 
     /// Removes the blob `put_hashed` stored for `hex`; directories left
     /// empty disappear.
-    pub fn remove_hashed(&mut self, repo: &LocalRepo, (dir, top): (&str, usize), hex: &[u8]) -> Result<bool, RepoError> {
+    pub fn remove_hashed(
+        &mut self,
+        repo: &LocalRepo,
+        (dir, top): (&str, usize),
+        hex: &[u8],
+    ) -> Result<bool, RepoError> {
         let mut path: Vec<&[u8]> = vec![dir.as_bytes(), &hex[..top]];
         let mut depth = top;
         loop {

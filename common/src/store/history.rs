@@ -165,7 +165,10 @@ pub fn key_meta(repo: &LocalRepo, meta_tree: gix::ObjectId, key: &[u8]) -> Resul
         if let Some(blob) = entries.iter().find(|e| e.name == hex[depth..] && e.is_file()) {
             break blob.clone();
         }
-        match entries.into_iter().find(|e| depth + 1 < hex.len() && e.name == hex[depth..=depth]) {
+        match entries
+            .into_iter()
+            .find(|e| depth + 1 < hex.len() && e.name == hex[depth..=depth])
+        {
             Some(next) => (dir, depth) = (next, depth + 1),
             None => return Ok(None),
         }

@@ -403,7 +403,10 @@ async fn key_directories_split_as_they_grow() -> anyhow::Result<()> {
     // split moved other keys' blobs.
     let events = store.events(before_split + 1, now, 100).await?;
     assert_eq!(events.len() as i64, now - before_split);
-    for (e, key) in events.iter().zip(shared[KEYS_MAX_LEAF..].iter().chain([&shared[0], gone])) {
+    for (e, key) in events
+        .iter()
+        .zip(shared[KEYS_MAX_LEAF..].iter().chain([&shared[0], gone]))
+    {
         let keys: Vec<&[u8]> = e.changes.iter().map(|c| &c.key[..]).collect();
         assert_eq!(keys, [key.as_bytes()], "revision {}", e.revision);
     }
