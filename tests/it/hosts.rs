@@ -66,9 +66,13 @@ pub fn git_daemon(root: &Path, port: Option<u16>) -> Result<Host> {
         Some(p) => p,
         None => free_port()?,
     };
-    let mut cmd = Command::new("git");
-    cmd.arg("daemon")
-        .arg("--reuseaddr")
+    // `git daemon` would run `git-daemon` as its child, which a kill of
+    // the `git` process leaves running: start the daemon itself.
+    let exec_path = Command::new("git").arg("--exec-path").output()?;
+    anyhow::ensure!(exec_path.status.success(), "git --exec-path failed");
+    let exec_path = PathBuf::from(String::from_utf8(exec_path.stdout)?.trim());
+    let mut cmd = Command::new(exec_path.join("git-daemon"));
+    cmd.arg("--reuseaddr")
         .arg(format!("--base-path={}", root.display()))
         .args(["--export-all", "--enable=receive-pack", "--listen=127.0.0.1"])
         .arg(format!("--port={port}"))
