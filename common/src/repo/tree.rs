@@ -343,21 +343,10 @@ impl TreeNode {
         if self.children.iter().filter(|(k, c)| splittable(k, c)).count() <= max_leaf {
             return Ok(());
         }
-        let blobs: Vec<(Vec<u8>, Child)> = {
-            let names: Vec<Vec<u8>> = self
-                .children
-                .iter()
-                .filter(|(k, c)| splittable(k, c))
-                .map(|(k, _)| k.clone())
-                .collect();
-            names
-                .into_iter()
-                .map(|k| {
-                    let child = self.children.remove(&k).expect("the name was just listed");
-                    (k, child)
-                })
-                .collect()
-        };
+        let (blobs, rest): (BTreeMap<_, _>, _) = std::mem::take(&mut self.children)
+            .into_iter()
+            .partition(|(k, c)| splittable(k, c));
+        self.children = rest;
         let mut made = std::collections::BTreeSet::new();
         for (name, child) in blobs {
             let Child::Leaf { mode, id } = child else {
