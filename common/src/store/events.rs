@@ -116,7 +116,7 @@ pub fn from_git(repo: &LocalRepo, index: &Revisions, rev: i64) -> Result<Revisio
     // The keys whose blobs differ. A blob that only moved (its trie
     // directory split) shows as removed at one path and added at another:
     // its key is compared below and drops out.
-    let mut touched = std::collections::BTreeSet::new();
+    let mut touched = std::collections::BTreeSet::new(); // in key order, as events of one revision come
     for (path, blob) in tree::diff_files(repo, old_keys, new_keys)? {
         let blob = match blob {
             Some(b) => b,
@@ -160,7 +160,6 @@ pub fn from_git(repo: &LocalRepo, index: &Revisions, rev: i64) -> Result<Revisio
         };
         changes.push(Change { key, prev, new });
     }
-    changes.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(RevisionEvents { revision: rev, changes })
 }
 
