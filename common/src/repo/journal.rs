@@ -8,9 +8,13 @@
 //! journal and the journal alone is synced. A tree is recorded as a delta
 //! against the tree it replaced when that one is durable already (a group
 //! rewrites every tree on its paths, a few entries changed in each). Only then is the group
-//! acknowledged. Every so often (a checkpoint) the files written since the
-//! last checkpoint are fsynced and the journal starts again from one record
-//! naming the refs' durable values.
+//! acknowledged.
+//!
+//! The journal is two files used in turn. When the one in use is full, the
+//! next group goes to the other, after a first record naming the refs'
+//! values, and a background thread fsyncs the packs the full one's records
+//! hold, then marks it retired (a checkpoint off the writer's path). At
+//! start and at a clean stop everything written is fsynced on the spot.
 //!
 //! After a crash, [`Journal::open`] hands back what the page cache may have
 //! lost: the packs to write again and the refs' last durable values (see
@@ -23,6 +27,7 @@ use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gix::ObjectId;
@@ -31,11 +36,11 @@ use super::objects::{object_id, sync_all, sync_present};
 use super::pack::{PackBuilder, Stored};
 use super::{Kind, RepoError, delta, io_err};
 
-/// Bytes the journal is preallocated to (written with zeros once, so that a
-/// sync writes data blocks only).
-const PREALLOCATED: u64 = 64 << 20;
-/// Journal length after which the next group checkpoints.
-const CHECKPOINT_AT: u64 = 48 << 20;
+/// Bytes each journal file is preallocated to (written with zeros once, so
+/// that a sync writes data blocks only).
+const PREALLOCATED: u64 = 32 << 20;
+/// Length of the file in use after which the next group goes to the other.
+const SWITCH_AT: u64 = 24 << 20;
 /// Most bytes a record carries for one pack; a pack whose objects take more
 /// is fsynced where it is.
 pub const MAX_JOURNALED_PACK: usize = 8 << 20;
@@ -46,6 +51,12 @@ const MAX_BASES: usize = 256 << 20;
 const MAGIC: u32 = 0x6a63_6467; // "gdcj"
 const RECORD_HEADER: usize = 12; // magic, payload length, CRC-32 of the payload
 const CHECKPOINT: u8 = 0;
+/// A checkpoint's flags: nothing follows it to recover (a clean stop, or a
+/// file whose packs are all durable).
+const CLEAN: u8 = 1;
+/// A checkpoint's flags: this file's records follow those of the other file
+/// (whose epoch is one less), which may not be durable yet.
+const FOLLOWS: u8 = 2;
 /// A group whose packs are recorded whole, pack and index bytes (written
 /// before 2026-12-02; still read).
 const GROUP_WHOLE: u8 = 1;
@@ -56,10 +67,18 @@ const OBJECT_AS_STORED: u8 = 0;
 const TREE_DELTA: u8 = 1;
 const TREE_WHOLE: u8 = 2;
 
-/// Where the journal of the branch pair `metadata_ref` lives.
+/// Where the journal of the branch pair `metadata_ref` lives: its first
+/// file (the second is named by [`second_file`]).
 pub fn journal_path(git_dir: &Path, metadata_ref: &str) -> PathBuf {
     let lock = super::lock::writer_lock_path(git_dir, metadata_ref);
     lock.with_extension("journal")
+}
+
+/// The second file of the journal whose first is `path` (`<path>.1`).
+pub fn second_file(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
 }
 
 /// What a journal holds after a crash: the packs of the groups written since
@@ -107,37 +126,17 @@ pub(super) type SealedPack = ([u8; 20], Vec<u8>, Vec<u8>);
 /// id, its content).
 type NewTree = (Option<ObjectId>, ObjectId, Arc<Vec<u8>>);
 
-/// An open journal. The writer that holds the branch pair's lock is its only
-/// user.
-pub struct Journal {
-    git_dir: PathBuf,
+/// One of the journal's two files.
+struct Slot {
     path: PathBuf,
-    file: File,
-    epoch: u64,
-    /// Where the next record goes.
-    end: u64,
-    /// Pack entries for the next record, encoded.
-    pending: Vec<u8>,
-    pending_packs: u16,
-    /// Files written since the last checkpoint that it must fsync.
-    unsynced: Vec<PathBuf>,
-    /// Each ref's value as of the last record.
-    refs: BTreeMap<String, Option<ObjectId>>,
-    /// Durable trees (recorded by a synced record, or in a synced pack), by
-    /// id: the bases of the next versions' deltas. The newest version of
-    /// each tree replaces the one before.
-    bases: HashMap<ObjectId, Arc<Vec<u8>>>,
-    bases_bytes: usize,
-    /// Trees of the packs added since the last record: bases once it is
-    /// synced.
-    pending_trees: Vec<NewTree>,
+    file: Arc<File>,
 }
 
-impl Journal {
-    /// Opens (or creates) the journal at `path`, returning what it holds
-    /// when the last user did not end with a clean checkpoint. The journal
-    /// is then ready for [`Journal::reset`].
-    pub fn open(git_dir: &Path, path: &Path) -> Result<(Self, Option<Recovered>), RepoError> {
+impl Slot {
+    /// Opens (or creates and preallocates) the file at `path`, with the
+    /// records of its current epoch and whether they say it holds nothing
+    /// to recover.
+    fn open(path: &Path) -> Result<(Self, Vec<Record>, bool), RepoError> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
@@ -149,10 +148,10 @@ impl Journal {
             .truncate(false)
             .open(path)
             .map_err(io_err(path))?;
-        let (recovered, epoch) = if existed {
-            read_from(&file).map_err(io_err(path))?
+        let (records, clean) = if existed {
+            read_records(&file).map_err(io_err(path))?
         } else {
-            (None, rand::random())
+            (Vec::new(), true)
         };
         let len = file.metadata().map_err(io_err(path))?.len();
         if len < PREALLOCATED {
@@ -169,37 +168,107 @@ impl Journal {
                 super::objects::sync_dir(dir)?;
             }
         }
+        let slot = Self {
+            path: path.to_owned(),
+            file: Arc::new(file),
+        };
+        Ok((slot, records, clean))
+    }
+
+    /// Writes `bytes` at `at` and syncs them.
+    fn write_synced(&self, bytes: &[u8], at: u64) -> Result<(), RepoError> {
+        self.file.write_all_at(bytes, at).map_err(io_err(&self.path))?;
+        self.file.sync_data().map_err(io_err(&self.path))
+    }
+
+    /// Marks the file as holding nothing to recover: a clean checkpoint of
+    /// an epoch of its own (the records left beyond it are then ignored).
+    fn retire(&self) -> Result<(), RepoError> {
+        let record = record(CHECKPOINT, CLEAN, rand::random(), &BTreeMap::new(), 0, &[]);
+        self.write_synced(&record, 0)
+    }
+}
+
+/// An open journal. The writer that holds the branch pair's lock is its only
+/// user.
+pub struct Journal {
+    git_dir: PathBuf,
+    slots: [Slot; 2],
+    /// The slot records go to.
+    current: usize,
+    epoch: u64,
+    /// Where the next record goes.
+    end: u64,
+    /// Length of the current slot past which the next group switches.
+    switch_at: u64,
+    /// Pack entries for the next record, encoded, and the files of those
+    /// packs.
+    pending: Vec<u8>,
+    pending_packs: u16,
+    pending_files: Vec<PathBuf>,
+    /// Packs and indexes the current slot's records hold, to fsync before
+    /// it is retired.
+    unsynced: Vec<PathBuf>,
+    /// Each ref's value as of the last record.
+    refs: BTreeMap<String, Option<ObjectId>>,
+    /// Durable trees (recorded by a synced record, or in a synced pack), by
+    /// id: the bases of the next versions' deltas. The newest version of
+    /// each tree replaces the one before.
+    bases: HashMap<ObjectId, Arc<Vec<u8>>>,
+    bases_bytes: usize,
+    /// Trees of the packs added since the last record: bases once it is
+    /// synced.
+    pending_trees: Vec<NewTree>,
+    /// The background checkpoint retiring the other slot.
+    retiring: Option<JoinHandle<Result<(), RepoError>>>,
+    /// Why a background checkpoint failed: every later group fails too,
+    /// and the next start recovers from both slots.
+    failed: Option<String>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal whose first file is `path`, returning
+    /// what it holds when the last user did not end with a clean
+    /// checkpoint. The journal is then ready for [`Journal::start`].
+    pub fn open(git_dir: &Path, path: &Path) -> Result<(Self, Option<Recovered>), RepoError> {
+        let (first, first_records, first_clean) = Slot::open(path)?;
+        let (second, second_records, second_clean) = Slot::open(&second_file(path))?;
+        let recovered = recover_slots([(first_records, first_clean), (second_records, second_clean)]);
         Ok((
             Self {
                 git_dir: git_dir.to_owned(),
-                path: path.to_owned(),
-                file,
-                epoch,
+                slots: [first, second],
+                current: 0,
+                // Random, so that no record left in a file from before
+                // passes for one of the new epochs.
+                epoch: rand::random(),
                 end: 0,
+                switch_at: SWITCH_AT,
                 pending: Vec::new(),
                 pending_packs: 0,
+                pending_files: Vec::new(),
                 unsynced: Vec::new(),
                 refs: BTreeMap::new(),
                 bases: HashMap::new(),
                 bases_bytes: 0,
                 pending_trees: Vec::new(),
+                retiring: None,
+                failed: None,
             },
             recovered,
         ))
     }
 
-    /// Makes everything written so far durable (the caller has fsynced it, or
-    /// it was durable already) and starts the journal again from the refs'
-    /// current values.
+    /// Starts the current slot again from a checkpoint naming `refs` (the
+    /// caller made everything before durable), `clean` when nothing will
+    /// follow it.
     pub fn reset(&mut self, refs: BTreeMap<String, Option<ObjectId>>, clean: bool) -> Result<(), RepoError> {
         self.refs = refs;
         self.epoch = self.epoch.wrapping_add(1);
         self.unsynced.clear();
-        self.pending.clear();
-        self.pending_packs = 0;
-        let record = self.record(CHECKPOINT, u8::from(clean), &[]);
-        self.file.write_all_at(&record, 0).map_err(io_err(&self.path))?;
-        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.discard();
+        let record = self.record(CHECKPOINT, if clean { CLEAN } else { 0 }, &[]);
+        self.slots[self.current].write_synced(&record, 0)?;
         self.end = record.len() as u64;
         Ok(())
     }
@@ -208,15 +277,9 @@ impl Journal {
     /// their files and directories (a crash may have left them unsynced)
     /// and writes the first checkpoint.
     pub fn start(&mut self, refs: BTreeMap<String, Option<ObjectId>>) -> Result<(), RepoError> {
-        for (name, id) in &refs {
-            if id.is_some() {
-                self.unsynced.push(self.git_dir.join(name));
-            }
-        }
         self.refs = refs;
         self.checkpoint(false)
     }
-
     /// The objects of `pack` as a record holds them: blobs and commits as
     /// stored in the pack, trees as a delta against the tree they replaced
     /// when that one is durable or comes before in the same record and the
@@ -274,8 +337,8 @@ impl Journal {
         self.pending.extend_from_slice(&(objects.len() as u64).to_le_bytes());
         self.pending.extend_from_slice(objects);
         self.pending_packs += 1;
-        self.unsynced.push(pack.to_owned());
-        self.unsynced.push(pack.with_extension("idx"));
+        self.pending_files.push(pack.to_owned());
+        self.pending_files.push(pack.with_extension("idx"));
     }
 
     /// Notes the trees of `pack` (journaled, or fsynced where it is): once
@@ -293,6 +356,7 @@ impl Journal {
     pub fn discard(&mut self) {
         self.pending.clear();
         self.pending_packs = 0;
+        self.pending_files.clear();
         self.pending_trees.clear();
     }
 
@@ -316,86 +380,107 @@ impl Journal {
 
     /// Records that `refs` moved (after their transaction, unsynced), with
     /// the packs added since the last record, and syncs the journal: the
-    /// group is durable when this returns. Checkpoints first when the
-    /// journal is full.
+    /// group is durable when this returns. When the current slot is full,
+    /// the record goes to the other one, after a checkpoint naming the
+    /// refs' values before it, and the full slot is retired in the
+    /// background.
     pub fn commit(&mut self, refs: &[(&str, ObjectId)]) -> Result<(), RepoError> {
+        self.finish_retiring(false)?;
+        let packs = std::mem::take(&mut self.pending);
+        // A record's refs and header take a few hundred bytes.
+        let switch = self.end + packs.len() as u64 + 4096 > self.switch_at;
+        let mut bytes = Vec::new();
+        if switch {
+            // The other slot was retired (above): nothing in it is needed.
+            self.finish_retiring(true)?;
+            self.current = 1 - self.current;
+            self.epoch = self.epoch.wrapping_add(1);
+            self.end = 0;
+            bytes = self.record(CHECKPOINT, FOLLOWS, &[]);
+        }
         for (name, id) in refs {
             self.refs.insert((*name).to_owned(), Some(*id));
-            let path = self.git_dir.join(name);
-            self.unsynced.push(path);
         }
-        let packs = std::mem::take(&mut self.pending);
-        let record = self.record(GROUP, 0, &packs);
+        bytes.extend(self.record(GROUP, 0, &packs));
         self.pending_packs = 0;
-        if self.end + record.len() as u64 > CHECKPOINT_AT {
-            // A checkpoint makes this group durable too: its files are
-            // written, and fsynced with the others.
-            self.checkpoint(false)?;
-            self.keep_bases();
-            return Ok(());
+        let files = std::mem::take(&mut self.pending_files);
+        let written = self.slots[self.current].write_synced(&bytes, self.end);
+        if switch && let Err(e) = &written {
+            // Neither slot can be trusted to follow the other now.
+            self.failed = Some(crate::error::chain(e).to_string());
         }
-        self.file.write_all_at(&record, self.end).map_err(io_err(&self.path))?;
-        self.file.sync_data().map_err(io_err(&self.path))?;
-        self.end += record.len() as u64;
+        written?;
+        self.end += bytes.len() as u64;
         self.keep_bases();
+        if switch {
+            let full = std::mem::replace(&mut self.unsynced, files);
+            self.retire_in_background(1 - self.current, full)?;
+        } else {
+            self.unsynced.extend(files);
+        }
         Ok(())
     }
 
-    /// fsyncs every file written since the last checkpoint (packs, indexes,
-    /// refs) and the directories that name them, then starts again.
-    pub fn checkpoint(&mut self, clean: bool) -> Result<(), RepoError> {
-        let mut paths: Vec<PathBuf> = Vec::new();
-        let mut dirs = std::collections::BTreeSet::new();
-        for p in self.unsynced.drain(..) {
-            let mut dir = p.parent();
-            while let Some(d) = dir {
-                if !d.starts_with(&self.git_dir) {
-                    break;
-                }
-                dirs.insert(d.to_owned());
-                if d == self.git_dir {
-                    break;
-                }
-                dir = d.parent();
-            }
-            paths.push(p);
-        }
-        paths.sort();
-        paths.dedup();
-        // A group pack folded into another meanwhile is gone (now or while
-        // this runs); its objects are durable in the fold.
-        sync_present(&paths)?;
-        sync_all(&dirs.into_iter().collect::<Vec<_>>())?;
-        let refs = std::mem::take(&mut self.refs);
-        self.reset(refs, clean)
+    /// fsyncs the packs the records of slot `slot` hold, then retires it,
+    /// on a thread of its own. The refs need no sync: the current slot's
+    /// checkpoint names them.
+    fn retire_in_background(&mut self, slot: usize, files: Vec<PathBuf>) -> Result<(), RepoError> {
+        let git_dir = self.git_dir.clone();
+        let path = self.slots[slot].path.clone();
+        let file = self.slots[slot].file.clone();
+        let thread = std::thread::Builder::new()
+            .name("journal-checkpoint".into())
+            .spawn(move || {
+                sync_with_dirs(&git_dir, files)?;
+                Slot { path, file }.retire()
+            })
+            .map_err(io_err(&self.slots[slot].path))?;
+        self.retiring = Some(thread);
+        Ok(())
     }
 
-    /// One record: header, then kind, flags, epoch, time, refs, packs.
-    fn record(&self, kind: u8, flags: u8, packs: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_HEADER + 64 + packs.len());
-        out.extend_from_slice(&[0; RECORD_HEADER]);
-        out.push(kind);
-        out.push(flags);
-        out.extend_from_slice(&self.epoch.to_le_bytes());
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        out.extend_from_slice(&nanos.to_le_bytes());
-        out.extend_from_slice(&(self.refs.len() as u16).to_le_bytes());
-        for (name, id) in &self.refs {
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(id.as_ref().map_or(&[0u8; 20][..], |id| id.as_bytes()));
+    /// Collects the background checkpoint when it is over (or, with
+    /// `wait`, once it is), and fails when one failed.
+    fn finish_retiring(&mut self, wait: bool) -> Result<(), RepoError> {
+        if let Some(thread) = self.retiring.take_if(|t| wait || t.is_finished()) {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.failed = Some(crate::error::chain(&e).to_string()),
+                Err(_) => self.failed = Some("the checkpoint thread panicked".to_owned()),
+            }
         }
+        match &self.failed {
+            None => Ok(()),
+            Some(why) => Err(RepoError::Io {
+                path: self.slots[1 - self.current].path.clone(),
+                source: io::Error::other(format!(
+                    "a checkpoint of the journal failed ({why}); writes stop until gitcd restarts and recovers from the journal"
+                )),
+            }),
+        }
+    }
+
+    /// fsyncs every file the journal's records hold (packs, indexes, refs)
+    /// and the directories that name them, then starts the current slot
+    /// again and retires the other.
+    pub fn checkpoint(&mut self, clean: bool) -> Result<(), RepoError> {
+        self.finish_retiring(true)?;
+        let mut files = std::mem::take(&mut self.unsynced);
+        for (name, id) in &self.refs {
+            if id.is_some() {
+                files.push(self.git_dir.join(name));
+            }
+        }
+        sync_with_dirs(&self.git_dir, files)?;
+        let refs = std::mem::take(&mut self.refs);
+        self.reset(refs, clean)?;
+        self.slots[1 - self.current].retire()
+    }
+
+    /// One record of this journal's epoch and refs.
+    fn record(&self, kind: u8, flags: u8, packs: &[u8]) -> Vec<u8> {
         let count = if kind == CHECKPOINT { 0 } else { self.pending_packs };
-        out.extend_from_slice(&count.to_le_bytes());
-        out.extend_from_slice(packs);
-        let payload = &out[RECORD_HEADER..];
-        let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
-        out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        out[4..8].copy_from_slice(&len.to_le_bytes());
-        out[8..12].copy_from_slice(&crc.to_le_bytes());
-        out
+        record(kind, flags, self.epoch, &self.refs, count, packs)
     }
 }
 
@@ -403,27 +488,112 @@ impl Drop for Journal {
     /// A clean stop leaves a journal with nothing to recover.
     fn drop(&mut self) {
         if let Err(e) = self.checkpoint(true) {
-            tracing::warn!(error = %crate::error::chain(&e), journal = %self.path.display(), "cannot checkpoint the journal at stop; the next start recovers from it");
+            tracing::warn!(error = %crate::error::chain(&e), journal = %self.slots[self.current].path.display(), "cannot checkpoint the journal at stop; the next start recovers from it");
         }
     }
 }
 
-/// What the journal at `path` holds to recover (nothing after a clean
-/// stop), without changing it.
-pub fn read(path: &Path) -> Result<Option<Recovered>, RepoError> {
-    let file = File::open(path).map_err(io_err(path))?;
-    Ok(read_from(&file).map_err(io_err(path))?.0)
+/// fsyncs `files` (skipping those gone: a group pack folded into another
+/// meanwhile, whose objects are durable in the fold) and the directories
+/// naming them, up to `git_dir`.
+fn sync_with_dirs(git_dir: &Path, mut files: Vec<PathBuf>) -> Result<(), RepoError> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for p in &files {
+        let mut dir = p.parent();
+        while let Some(d) = dir {
+            if !d.starts_with(git_dir) {
+                break;
+            }
+            dirs.insert(d.to_owned());
+            if d == git_dir {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+    files.sort();
+    files.dedup();
+    sync_present(&files)?;
+    sync_all(&dirs.into_iter().collect::<Vec<_>>())
 }
 
-/// What to recover, and the epoch of the records.
-fn read_from(file: &File) -> io::Result<(Option<Recovered>, u64)> {
-    let (records, clean) = read_records(file)?;
-    // Without a checkpoint to follow (a new or unreadable journal), the
-    // epochs start anywhere: an old record left in the file must not pass
-    // for one of the new epoch.
-    let epoch = records.first().map_or_else(rand::random, |(e, _, _)| *e);
-    let recovered = (!clean && !records.is_empty()).then(|| recover(records));
-    Ok((recovered, epoch))
+/// One record: header, then kind, flags, epoch, time, refs, packs.
+fn record(
+    kind: u8,
+    flags: u8,
+    epoch: u64,
+    refs: &BTreeMap<String, Option<ObjectId>>,
+    pack_count: u16,
+    packs: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RECORD_HEADER + 64 + packs.len());
+    out.extend_from_slice(&[0; RECORD_HEADER]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&epoch.to_le_bytes());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    out.extend_from_slice(&nanos.to_le_bytes());
+    out.extend_from_slice(&(refs.len() as u16).to_le_bytes());
+    for (name, id) in refs {
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(id.as_ref().map_or(&[0u8; 20][..], |id| id.as_bytes()));
+    }
+    out.extend_from_slice(&pack_count.to_le_bytes());
+    out.extend_from_slice(packs);
+    let payload = &out[RECORD_HEADER..];
+    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+    out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    out[4..8].copy_from_slice(&len.to_le_bytes());
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// What the journal whose first file is `path` holds to recover (nothing
+/// after a clean stop), without changing it.
+pub fn read(path: &Path) -> Result<Option<Recovered>, RepoError> {
+    let slot = |path: &Path| match File::open(path) {
+        Ok(file) => read_records(&file).map_err(io_err(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((Vec::new(), true)),
+        Err(e) => Err(io_err(path)(e)),
+    };
+    Ok(recover_slots([slot(path)?, slot(&second_file(path))?]))
+}
+
+/// What two slots' records (and whether each is clean) hold to recover:
+/// the records of the slot not retired; of both, in order, when one
+/// follows the other.
+fn recover_slots(slots: [(Vec<Record>, bool); 2]) -> Option<Recovered> {
+    let mut open: Vec<Vec<Record>> = slots
+        .into_iter()
+        .filter(|(records, clean)| !clean && !records.is_empty())
+        .map(|(records, _)| records)
+        .collect();
+    let follows = |later: &[Record], earlier: &[Record]| {
+        later[0].2.flags & FOLLOWS != 0 && later[0].0 == earlier[0].0.wrapping_add(1)
+    };
+    let records = match open.len() {
+        0 => return None,
+        1 => open.remove(0),
+        _ => {
+            let (mut a, mut b) = (open.remove(0), open.remove(0));
+            if follows(&a, &b) {
+                std::mem::swap(&mut a, &mut b);
+            }
+            if follows(&b, &a) {
+                a.extend(b);
+                a
+            } else {
+                // Unrelated (a start's checkpoint interrupted before it
+                // retired the other): the newer says where the refs are.
+                tracing::warn!("both journal files hold records, neither following the other; recovering the newer");
+                if a[0].1 >= b[0].1 { a } else { b }
+            }
+        }
+    };
+    Some(recover(records))
 }
 
 /// A parsed record: epoch, time, and the rest of its payload.
@@ -467,7 +637,7 @@ fn read_records(file: &File) -> io::Result<(Vec<Record>, bool)> {
         records.push((epoch, time, parsed));
         at += RECORD_HEADER as u64 + size;
     }
-    let clean = records.len() == 1 && records[0].2.flags == 1;
+    let clean = records.len() == 1 && records[0].2.flags & CLEAN != 0;
     Ok((records, clean))
 }
 
@@ -854,7 +1024,7 @@ mod tests {
         j.pending_packs = 1;
         let whole = std::mem::take(&mut j.pending);
         let record = j.record(GROUP_WHOLE, 0, &whole);
-        j.file.write_all_at(&record, j.end)?;
+        j.slots[j.current].file.write_all_at(&record, j.end)?;
         std::mem::forget(j);
 
         let rec = read(&path)?.ok_or("records to recover")?;
@@ -873,6 +1043,99 @@ mod tests {
             assert_eq!(&fs::read(pack_dir.join(format!("{name}.pack")))?, bytes);
             assert_eq!(&fs::read(pack_dir.join(format!("{name}.idx")))?, index);
         }
+        Ok(())
+    }
+
+    /// Commits groups of one pack of `size` bytes each, main moving to
+    /// `id(n)` for n in `ids`; returns the group that switched slots, if one
+    /// did, and the full slot's bytes before it.
+    fn groups(j: &mut Journal, ids: std::ops::RangeInclusive<u8>, size: usize) -> io::Result<Option<(u8, Vec<u8>)>> {
+        let mut before_switch = None;
+        for n in ids {
+            let slot = j.current;
+            let bytes = fs::read(&j.slots[slot].path)?;
+            let pack = j.git_dir.join(format!("objects/pack/pack-{n}.pack"));
+            j.add_pack(&[n; 20], &vec![n; size], &pack);
+            j.commit(&[("refs/heads/main", id(n))]).map_err(io::Error::other)?;
+            if j.current != slot {
+                before_switch = Some((n, bytes));
+            }
+        }
+        Ok(before_switch)
+    }
+
+    /// A full file hands over to the other: the next group goes there after
+    /// a checkpoint naming the refs, and the full one is retired in the
+    /// background once its packs are fsynced. A crash before that recovers
+    /// both in order; after it, the new one alone; a clean stop, nothing.
+    #[test]
+    fn a_full_file_hands_over_to_the_other_and_is_retired_behind() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        fs::create_dir_all(dir.path().join("objects/pack"))?;
+        fs::write(dir.path().join("objects/pack/pack-2.pack"), b"a pack written unsynced")?;
+        let path = journal_path(dir.path(), "refs/gitcd/metadata/refs/heads/main");
+        let (mut j, _) = Journal::open(dir.path(), &path)?;
+        j.switch_at = 20 << 10;
+        j.reset(BTreeMap::from([("refs/heads/main".to_owned(), Some(id(1)))]), false)?;
+        let (switched, full) = groups(&mut j, 2..=6, 5000)?.ok_or("a switch after 20 KiB")?;
+        assert_eq!(
+            (j.current, switched),
+            (1, 5),
+            "three records and a fourth's 5000 bytes fill 20 KiB"
+        );
+        j.finish_retiring(true)?;
+        let ids = |rec: &Recovered| rec.packs.iter().map(|p| p.checksum()[0]).collect::<Vec<_>>();
+
+        let rec = read(&path)?.ok_or("the new file's records")?;
+        assert_eq!(ids(&rec), vec![5, 6], "the retired file's packs are durable");
+        assert_eq!(rec.refs["refs/heads/main"], Some(id(6)));
+        // The new file's checkpoint names main's value before it.
+        assert_eq!(rec.seen["refs/heads/main"], [4, 5, 6].map(id));
+
+        // A crash before the background checkpoint was over.
+        fs::write(&path, &full)?;
+        std::mem::forget(j);
+        let rec = read(&path)?.ok_or("both files' records")?;
+        assert_eq!(ids(&rec), vec![2, 3, 4, 5, 6]);
+        assert_eq!(rec.seen["refs/heads/main"], [1, 2, 3, 4, 4, 5, 6].map(id));
+        assert_eq!(rec.refs["refs/heads/main"], Some(id(6)));
+
+        let (j, again) = Journal::open(dir.path(), &path)?;
+        assert_eq!(
+            again.map(|r| ids(&r)),
+            Some(vec![2, 3, 4, 5, 6]),
+            "opening changes nothing"
+        );
+        drop(j);
+        assert!(read(&path)?.is_none(), "a clean stop leaves nothing to recover");
+        Ok(())
+    }
+
+    /// A background checkpoint that cannot fsync a pack stops every later
+    /// group, and leaves both files for the next start to recover.
+    #[test]
+    fn a_failed_background_checkpoint_stops_writes() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        // `objects` is a file: opening a pack below it fails.
+        fs::write(dir.path().join("objects"), b"")?;
+        let path = journal_path(dir.path(), "refs/gitcd/metadata/refs/heads/main");
+        let (mut j, _) = Journal::open(dir.path(), &path)?;
+        j.switch_at = 16 << 10;
+        j.reset(BTreeMap::new(), false)?;
+        let (switched, _) = groups(&mut j, 1..=3, 5000)?.ok_or("a switch")?;
+        assert_eq!(switched, 3);
+        let e = j.finish_retiring(true).err().ok_or("the checkpoint fails")?;
+        let text = crate::error::chain(&e).to_string();
+        assert!(
+            text.contains("writes stop until gitcd restarts and recovers from the journal"),
+            "{text}"
+        );
+        assert!(text.contains("objects/pack/pack-1."), "{text}");
+        assert!(j.commit(&[("refs/heads/main", id(9))]).is_err());
+        drop(j);
+        let rec = read(&path)?.ok_or("records to recover")?;
+        assert_eq!(rec.packs.len(), 3);
+        assert_eq!(rec.refs["refs/heads/main"], Some(id(3)));
         Ok(())
     }
 }

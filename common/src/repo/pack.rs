@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use gix::ObjectId;
 
-use super::objects::sync_dir;
+use super::objects::{PacedFile, sync_dir};
 use super::{Kind, RepoError, delta, io_err};
 
 /// The objects of one pack being built, in memory. Once written, it keeps
@@ -362,7 +362,7 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>, RepoError> {
 pub struct PackWriter {
     dir: PathBuf,
     tmp: PathBuf,
-    file: std::io::BufWriter<fs::File>,
+    file: std::io::BufWriter<PacedFile>,
     hasher: sha1::Sha1,
     offset: u64,
     entries: Vec<IndexEntry>,
@@ -375,7 +375,7 @@ impl PackWriter {
         let mut w = Self {
             dir: dir.to_owned(),
             tmp,
-            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            file: std::io::BufWriter::with_capacity(1 << 20, PacedFile::new(file)),
             hasher: <sha1::Sha1 as sha1::Digest>::new(),
             offset: 0,
             entries: Vec::with_capacity(count as usize),
@@ -422,7 +422,7 @@ impl PackWriter {
             path: self.tmp.clone(),
             source: e.into_error(),
         })?;
-        file.sync_all().map_err(io_err(&self.tmp))?;
+        file.into_inner().sync_all().map_err(io_err(&self.tmp))?;
         let index = write_index(&mut self.entries, &checksum);
         install(&self.dir, &self.tmp, &index, &checksum, true)
     }
@@ -615,9 +615,14 @@ fn write_synced(dir: &Path, suffix: &str, data: &[u8]) -> Result<PathBuf, RepoEr
 /// Writes `data` to a new temporary file in `dir`, fsynced if `sync`.
 fn write_tmp(dir: &Path, suffix: &str, data: &[u8], sync: bool) -> Result<PathBuf, RepoError> {
     let tmp = dir.join(format!("tmp_{}.{suffix}", rand::random::<u64>()));
-    let result = fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(data)?;
-        if sync { f.sync_all() } else { Ok(()) }
+    let result = fs::File::create(&tmp).and_then(|f| {
+        if sync {
+            let mut f = PacedFile::new(f);
+            f.write_all(data)?;
+            f.into_inner().sync_all()
+        } else {
+            (&f).write_all(data)
+        }
     });
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
