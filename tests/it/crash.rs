@@ -163,9 +163,9 @@ async fn lost_page_cache_after_the_journal_moved_to_its_other_file() -> Result<(
 }
 
 /// Four writers put `per_writer` keys each (values from `value`), gitcd is
-/// killed, the page cache "lost" (the journaled packs deleted, the refs
-/// rewound, a torn pack added); the next start must bring back every
-/// acknowledged write. `killed` checks the repository just after the kill.
+/// killed, the page cache "lost" (the journaled packs deleted, the data ref
+/// rewound, the metadata ref's file torn, a torn pack added); the next start
+/// must bring back every acknowledged write. `killed` checks the repository just after the kill.
 async fn lose_the_page_cache(
     per_writer: usize,
     value: fn(usize) -> Vec<u8>,
@@ -207,7 +207,8 @@ async fn lose_the_page_cache(
     killed(&repo)?;
 
     // What the page cache held since the last checkpoint is lost: the
-    // journaled packs vanish, the refs go back to their checkpointed values.
+    // journaled packs vanish, the data ref goes back to its checkpointed
+    // value, the metadata ref's file is torn.
     let meta_ref = "refs/gitcd/metadata/refs/heads/main";
     let recovered = journal::read(&journal::journal_path(&repo, meta_ref))?.context("a killed gitcd leaves records")?;
     assert!(!recovered.packs.is_empty(), "acknowledged groups are journaled");
@@ -218,10 +219,11 @@ async fn lose_the_page_cache(
             let _ = std::fs::remove_file(pack_dir.join(format!("pack-{hex}.{ext}")));
         }
     }
-    for name in [meta_ref, "refs/heads/main"] {
-        let checkpointed = recovered.seen[name][0];
-        git(&repo, &["update-ref", name, &checkpointed.to_string()])?;
-    }
+    let checkpointed = recovered.seen["refs/heads/main"][0];
+    git(&repo, &["update-ref", "refs/heads/main", &checkpointed.to_string()])?;
+    // The metadata ref's file was renamed into place, its content never
+    // written: empty.
+    std::fs::write(repo.join(meta_ref), b"")?;
     // And a group never acknowledged left a torn pack.
     let torn = pack_dir.join(format!("pack-{}.pack", "ab".repeat(20)));
     std::fs::write(&torn, b"PACK\0\0\0\x02 torn by a crash")?;
@@ -244,6 +246,7 @@ async fn lose_the_page_cache(
     assert!(!torn.exists(), "the torn pack is removed");
     let text = std::fs::read_to_string(&log)?;
     assert!(text.contains("recovered from the journal"), "{text}");
+    assert!(text.contains("removing a ref file torn by a crash"), "{text}");
     // A clean stop leaves nothing to recover.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

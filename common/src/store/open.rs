@@ -15,7 +15,7 @@ use crate::meta;
 use crate::repo::journal::{self, Journal, Recovered};
 use crate::repo::lock::{OwnerLock, restored_marker_path, writer_lock_path};
 use crate::repo::refs::RefUpdate;
-use crate::repo::{Kind, LocalRepo, ObjectWriter, Repo, TreeNode, tree};
+use crate::repo::{Kind, LocalRepo, ObjectWriter, Repo, RepoError, TreeNode, tree};
 
 use std::sync::Arc;
 
@@ -373,6 +373,29 @@ impl Writer {
     }
 }
 
+/// Removes the loose file of ref `name` when it holds no ref at all (a
+/// file a crash left torn: moved into place, its content never synced; the
+/// journal knows the value). Says whether it did.
+fn remove_torn_ref(local: &LocalRepo, name: &str) -> Result<bool, StorageError> {
+    let path = local.git_dir().join(name);
+    let Ok(content) = std::fs::read(&path) else {
+        return Ok(false);
+    };
+    let text = String::from_utf8_lossy(&content);
+    let text = text.trim_end();
+    let is_ref = text.starts_with("ref: ") || (text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit()));
+    if is_ref {
+        return Ok(false);
+    }
+    tracing::warn!(
+        reference = name,
+        bytes = content.len(),
+        "removing a ref file torn by a crash; the journal holds its value"
+    );
+    std::fs::remove_file(&path).map_err(|source| RepoError::Io { path, source })?;
+    Ok(true)
+}
+
 /// After a crash: puts back the packs of the groups the journal made
 /// durable and removes torn ones, then moves the refs back to their last
 /// durable values: the metadata and auth refs (only this store writes them)
@@ -388,7 +411,10 @@ fn recover(local: &LocalRepo, config: &StoreConfig, recovered: &Recovered) -> Re
         let Some(&Some(want)) = recovered.refs.get(name.as_str()) else {
             continue;
         };
-        let have = local.ref_target(name)?;
+        let have = match local.ref_target(name) {
+            Err(RepoError::RefRead { .. }) if remove_torn_ref(local, name)? => local.ref_target(name)?,
+            have => have?,
+        };
         if have == Some(want) {
             continue;
         }
