@@ -127,6 +127,7 @@ pub(super) type SealedPack = ([u8; 20], Vec<u8>, Vec<u8>);
 type NewTree = (Option<ObjectId>, ObjectId, Arc<Vec<u8>>);
 
 /// One of the journal's two files.
+#[derive(Clone)]
 struct Slot {
     path: PathBuf,
     file: Arc<File>,
@@ -391,7 +392,8 @@ impl Journal {
         let switch = self.end + packs.len() as u64 + 4096 > self.switch_at;
         let mut bytes = Vec::new();
         if switch {
-            // The other slot was retired (above): nothing in it is needed.
+            // Into the other slot once it is retired: nothing in it is
+            // needed then.
             self.finish_retiring(true)?;
             self.current = 1 - self.current;
             self.epoch = self.epoch.wrapping_add(1);
@@ -426,17 +428,26 @@ impl Journal {
     /// checkpoint names them.
     fn retire_in_background(&mut self, slot: usize, files: Vec<PathBuf>) -> Result<(), RepoError> {
         let git_dir = self.git_dir.clone();
-        let path = self.slots[slot].path.clone();
-        let file = self.slots[slot].file.clone();
-        let thread = std::thread::Builder::new()
+        let full = self.slots[slot].clone();
+        let spawned = std::thread::Builder::new()
             .name("journal-checkpoint".into())
             .spawn(move || {
                 sync_with_dirs(&git_dir, files)?;
-                Slot { path, file }.retire()
-            })
-            .map_err(io_err(&self.slots[slot].path))?;
-        self.retiring = Some(thread);
-        Ok(())
+                full.retire()
+            });
+        match spawned {
+            Ok(thread) => {
+                self.retiring = Some(thread);
+                Ok(())
+            }
+            Err(e) => {
+                // The full slot is never retired: switching back into it
+                // would lose what it holds.
+                let e = io_err(&self.slots[slot].path)(e);
+                self.failed = Some(crate::error::chain(&e).to_string());
+                Err(e)
+            }
+        }
     }
 
     /// Collects the background checkpoint when it is over (or, with

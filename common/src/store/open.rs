@@ -383,7 +383,7 @@ fn remove_torn_ref(local: &LocalRepo, name: &str) -> Result<bool, StorageError> 
     };
     let text = String::from_utf8_lossy(&content);
     let text = text.trim_end();
-    let is_ref = text.starts_with("ref: ") || (text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit()));
+    let is_ref = text.starts_with("ref: ") || ObjectId::from_hex(text.as_bytes()).is_ok();
     if is_ref {
         return Ok(false);
     }
