@@ -416,6 +416,9 @@ struct Shared {
 pub struct Store {
     shared: Arc<Shared>,
     jobs: std::sync::mpsc::SyncSender<writer::Message>,
+    /// Jobs sent and not yet taken by the writer: it keeps the refs behind
+    /// the journal while this is not zero.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -459,6 +462,7 @@ impl Store {
             packs: loaded.maintenance_handle(),
         });
         loaded.watch_refs(tx.clone());
+        let queued = loaded.queued.clone();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("gitcd-writer".into())
@@ -467,6 +471,7 @@ impl Store {
         Ok(Self {
             shared,
             jobs: tx,
+            queued,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
         })
     }
@@ -730,15 +735,20 @@ impl Store {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let message = writer::Message::Job(Box::new(job::Typed::new(op, reply)));
         let jobs = self.jobs.clone();
-        match jobs.try_send(message) {
-            Ok(()) => {}
+        self.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sent = match jobs.try_send(message) {
+            Ok(()) => Ok(()),
             Err(std::sync::mpsc::TrySendError::Full(message)) => {
                 tokio::task::spawn_blocking(move || jobs.send(message))
                     .await
-                    .map_err(|_| Error::Stopped)?
-                    .map_err(|_| Error::Stopped)?;
+                    .map_err(|_| ())
+                    .and_then(|r| r.map_err(|_| ()))
             }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(Error::Stopped),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(()),
+        };
+        if sent.is_err() {
+            self.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(Error::Stopped);
         }
         rx.await.map_err(|_| Error::Stopped)?
     }

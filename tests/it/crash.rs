@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, ensure};
 use bytes::Bytes;
 use common::proto::etcdserverpb::PutRequest;
 
@@ -134,13 +134,15 @@ async fn stale_ref_locks_are_cleared_at_start() -> Result<()> {
 /// and removes a pack torn by the crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_page_cache_is_recovered_from_the_journal() -> Result<()> {
-    lose_the_page_cache(50, |i| format!("v{i}").into_bytes(), |_| Ok(())).await
+    lose_the_page_cache(50, |i| format!("v{i}").into_bytes(), |_| Ok(()), |_| Ok(()), false).await
 }
 
 /// The same with 32 MB of values: the journal's first file fills and the
 /// writer moves to the second (its checkpoint follows the first), while a
-/// thread fsyncs what the first holds. Whether or not that thread was done
-/// at the kill, what counts in the journal brings every write back.
+/// thread fsyncs what the first holds and retires it. The data ref is then
+/// rewound to the branch's first commit, which no record of the second file
+/// names: the journal's head descends from it, so it is this store's and
+/// moves forward (the refs on disk lag the journal while writes queue).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_page_cache_after_the_journal_moved_to_its_other_file() -> Result<()> {
     let value = |i: usize| {
@@ -159,17 +161,32 @@ async fn lost_page_cache_after_the_journal_moved_to_its_other_file() -> Result<(
         );
         Ok(())
     };
-    lose_the_page_cache(40, value, moved).await
+    let retired = |repo: &Path| {
+        use common::repo::journal;
+        let first = journal::journal_path(repo, "refs/gitcd/metadata/refs/heads/main");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::read(&first)?[13] != 1 {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the first file is never retired");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    lose_the_page_cache(40, value, retired, moved, true).await
 }
 
 /// Four writers put `per_writer` keys each (values from `value`), gitcd is
 /// killed, the page cache "lost" (the journaled packs deleted, the data ref
 /// rewound, the metadata ref's file torn, a torn pack added); the next start
-/// must bring back every acknowledged write. `killed` checks the repository just after the kill.
+/// must bring back every acknowledged write. `settled` waits for the
+/// repository before the kill, `killed` checks it just after; `to_root`
+/// rewinds the data ref to the branch's first commit instead of the
+/// journal's first value.
 async fn lose_the_page_cache(
     per_writer: usize,
     value: fn(usize) -> Vec<u8>,
+    settled: fn(&Path) -> Result<()>,
     killed: fn(&Path) -> Result<()>,
+    to_root: bool,
 ) -> Result<()> {
     use common::repo::journal;
     let dir = tempfile::tempdir()?;
@@ -202,6 +219,7 @@ async fn lose_the_page_cache(
     for w in writers {
         acked.extend(w.await??);
     }
+    settled(&repo)?;
     child.kill()?;
     child.wait()?;
     killed(&repo)?;
@@ -212,6 +230,9 @@ async fn lose_the_page_cache(
     let meta_ref = "refs/gitcd/metadata/refs/heads/main";
     let recovered = journal::read(&journal::journal_path(&repo, meta_ref))?.context("a killed gitcd leaves records")?;
     assert!(!recovered.packs.is_empty(), "acknowledged groups are journaled");
+    let root = git(&repo, &["rev-list", "--max-parents=0", "refs/heads/main"])?
+        .trim()
+        .to_owned();
     let pack_dir = repo.join("objects").join("pack");
     for pack in &recovered.packs {
         let hex: String = pack.checksum().iter().map(|b| format!("{b:02x}")).collect();
@@ -219,8 +240,16 @@ async fn lose_the_page_cache(
             let _ = std::fs::remove_file(pack_dir.join(format!("pack-{hex}.{ext}")));
         }
     }
-    let checkpointed = recovered.seen["refs/heads/main"][0];
-    git(&repo, &["update-ref", "refs/heads/main", &checkpointed.to_string()])?;
+    let rewound = if to_root {
+        ensure!(
+            !recovered.seen["refs/heads/main"].iter().any(|s| *s == root),
+            "no record names the first commit"
+        );
+        root
+    } else {
+        recovered.seen["refs/heads/main"][0].to_string()
+    };
+    git(&repo, &["update-ref", "refs/heads/main", &rewound])?;
     // The metadata ref's file was renamed into place, its content never
     // written: empty.
     std::fs::write(repo.join(meta_ref), b"")?;

@@ -184,3 +184,135 @@ async fn one_maintainer_per_repository() -> Result<()> {
     off.close();
     Ok(())
 }
+
+/// A person's commit made on top of the data ref while writes queue: the
+/// refs then lag the journal (they move every 100 ms at most), so the
+/// commit is made on a ref behind the acknowledged writes. It is merged,
+/// not taken as the new state: every acknowledged write stays, every pushed
+/// file becomes a key, and the branch descends from every pushed commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commits_made_on_a_ref_behind_the_journal_are_merged() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let repo = dir.path().join("repo.git");
+    let gitcd = Gitcd::start(&repo).await?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..32)
+        .map(|w| {
+            let (addr, done) = (gitcd.addr, done.clone());
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr).await?;
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) || i < 50 {
+                    let (key, value) = (format!("/w{w}/k{}", i % 20), format!("{w}-{i}"));
+                    c.kv.put(PutRequest {
+                        key: Bytes::from(key.clone()),
+                        value: Bytes::from(value.clone()),
+                        ..Default::default()
+                    })
+                    .await?;
+                    acked.push((key, value));
+                    i += 1;
+                }
+                anyhow::Ok(acked)
+            })
+        })
+        .collect();
+
+    // Commits on top of whatever the ref holds, moved with compare-and-swap
+    // (as `git push` does); one that loses the race to gitcd is made again.
+    let index = dir.path().join("index");
+    let mut pushed = Vec::new();
+    for p in 0..12 {
+        loop {
+            let head = git(&repo, &["rev-parse", "refs/heads/main"])?.trim().to_owned();
+            let file = dir.path().join("value");
+            std::fs::write(&file, format!("pushed {p}"))?;
+            let blob = git(&repo, &["hash-object", "-w", file.to_str().context("UTF-8 path")?])?
+                .trim()
+                .to_owned();
+            let with_index = |args: &[&str]| -> Result<String> {
+                let out = std::process::Command::new("git")
+                    .arg("--git-dir")
+                    .arg(&repo)
+                    .args(args)
+                    .env("GIT_INDEX_FILE", &index)
+                    .output()?;
+                ensure!(
+                    out.status.success(),
+                    "git {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+            };
+            with_index(&["read-tree", &head])?;
+            with_index(&[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("100644,{blob},pushed/p{p}"),
+            ])?;
+            let tree = with_index(&["write-tree"])?;
+            let commit = git(
+                &repo,
+                &["commit-tree", &tree, "-p", &head, "-m", &format!("pushed {p}")],
+            )?
+            .trim()
+            .to_owned();
+            let moved = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(&repo)
+                .args(["update-ref", "refs/heads/main", &commit, &head])
+                .output()?;
+            if moved.status.success() {
+                pushed.push(commit);
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await??);
+    }
+
+    let c = gitcd.client().await?;
+    let now = crate::support::eventually("the pushed keys", std::time::Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move {
+            let kvs = all_kvs(&mut c, 0).await?;
+            let now: std::collections::BTreeMap<String, String> = kvs
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(&k).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    )
+                })
+                .collect();
+            let all = (0..12).all(|p| now.contains_key(&format!("/pushed/p{p}")));
+            Ok(all.then_some(now))
+        }
+    })
+    .await?;
+    for p in 0..12 {
+        ensure!(now[&format!("/pushed/p{p}")] == format!("pushed {p}"), "/pushed/p{p}");
+    }
+    let mut last = std::collections::BTreeMap::new();
+    for (k, v) in acked {
+        last.insert(k, v);
+    }
+    for (k, v) in &last {
+        ensure!(now.get(k) == Some(v), "{k}: acknowledged {v}, found {:?}", now.get(k));
+    }
+    drop(c);
+    gitcd.stop().await?;
+    let head = git(&repo, &["rev-parse", "refs/heads/main"])?.trim().to_owned();
+    for commit in &pushed {
+        git(&repo, &["merge-base", "--is-ancestor", commit, &head])
+            .with_context(|| format!("{commit} is not in main"))?;
+    }
+    fsck(&repo, &["--strict"]).await?;
+    Ok(())
+}

@@ -225,9 +225,18 @@ pub struct Journal {
     /// Why a background checkpoint failed: every later group fails too,
     /// and the next start recovers from both slots.
     failed: Option<String>,
+    /// The writer has not moved the refs on disk to the last record's
+    /// values yet: a clean stop is refused (see [`Journal::refs_behind`]).
+    refs_behind: bool,
 }
 
 impl Journal {
+    /// Says whether the refs on disk are behind the records (the writer
+    /// moves them less often than it records groups while writes queue).
+    pub fn refs_behind(&mut self, behind: bool) {
+        self.refs_behind = behind;
+    }
+
     /// Opens (or creates) the journal whose first file is `path`, returning
     /// what it holds when the last user did not end with a clean
     /// checkpoint. The journal is then ready for [`Journal::start`].
@@ -255,6 +264,7 @@ impl Journal {
                 pending_trees: Vec::new(),
                 retiring: None,
                 failed: None,
+                refs_behind: false,
             },
             recovered,
         ))
@@ -476,6 +486,13 @@ impl Journal {
     /// again and retires the other.
     pub fn checkpoint(&mut self, clean: bool) -> Result<(), RepoError> {
         self.finish_retiring(true)?;
+        if clean && self.refs_behind {
+            // The next start moves them from the records.
+            return Err(RepoError::Io {
+                path: self.slots[self.current].path.clone(),
+                source: io::Error::other("the refs on disk are behind the journal"),
+            });
+        }
         let mut files = std::mem::take(&mut self.unsynced);
         for (name, id) in &self.refs {
             if id.is_some() {

@@ -131,6 +131,13 @@ impl ObjectWriter {
         }
     }
 
+    /// Tells the journal whether the refs on disk are behind its records.
+    pub fn refs_behind(&mut self, behind: bool) {
+        if let Some(j) = &mut self.journal {
+            j.refs_behind(behind);
+        }
+    }
+
     /// Total bytes of trees written (the part of a group that grows with
     /// the directories it changes, not with its requests).
     pub fn tree_bytes_written(&self) -> u64 {

@@ -41,6 +41,50 @@ impl Writer {
         self.ingest_chain(&chain)
     }
 
+    /// Takes in `theirs`, found on the data ref where this store had put
+    /// `ours_on_disk`. When the journal holds commits of this store not yet
+    /// on the ref and `theirs` was made on top of the ref (a push while the
+    /// ref was behind), it is merged like an upstream head: the ref's later
+    /// commits must not undo writes already acknowledged. Otherwise its
+    /// commits become revisions ([`Self::ingest`]).
+    pub(super) fn take_in(&mut self, theirs: ObjectId, ours_on_disk: Option<ObjectId>) -> Result<(), super::Error> {
+        let ahead = self.unpublished.contains_key(&self.config.data_ref);
+        let on_top = match ours_on_disk {
+            Some(base) if ahead => self.repo.is_ancestor(base, theirs).map_err(StorageError::from)?,
+            _ => false,
+        };
+        if on_top {
+            let incoming = crate::merge::Incoming {
+                commit: theirs,
+                meta_tree: None,
+                name: self.config.data_ref.clone(),
+            };
+            let outcome = crate::merge::plan(&self.repo, &self.working, &incoming, &crate::merge::Policy::default())
+                .map_err(|e| match e {
+                    crate::merge::MergeError::Repo(e) => super::Error::from(StorageError::Repo(e)),
+                    crate::merge::MergeError::Store(e) => e,
+                })?;
+            tracing::info!(data_ref = %self.config.data_ref, head = %theirs, "merging commits pushed while the data ref was behind the journal");
+            match outcome {
+                crate::merge::Outcome::Changes(set) => {
+                    let (reply, _) = tokio::sync::oneshot::channel();
+                    self.apply_job(&mut super::job::Typed::new(set, reply), &mut Vec::new())?;
+                }
+                // Every key it changed already has its value here: the ref
+                // moves on from it to this store's head.
+                crate::merge::Outcome::Unchanged | crate::merge::Outcome::UpToDate => {
+                    tracing::info!(head = %theirs, "the pushed commit changes no key here");
+                }
+            }
+        } else {
+            self.ingest(theirs)?;
+        }
+        if let Some(entry) = self.unpublished.get_mut(&self.config.data_ref) {
+            entry.0 = Some(theirs);
+        }
+        Ok(())
+    }
+
     /// Makes each commit of `chain` (oldest first) one revision.
     pub(super) fn ingest_chain(&mut self, chain: &[ObjectId]) -> Result<Vec<i64>, StorageError> {
         let mut revisions = Vec::with_capacity(chain.len());

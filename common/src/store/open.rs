@@ -399,8 +399,9 @@ fn remove_torn_ref(local: &LocalRepo, name: &str) -> Result<bool, StorageError> 
 /// After a crash: puts back the packs of the groups the journal made
 /// durable and removes torn ones, then moves the refs back to their last
 /// durable values: the metadata and auth refs (only this store writes them)
-/// always; the data ref when it names a value this store wrote or a commit
-/// that cannot be read (others may have moved it meanwhile: that stays).
+/// always; the data ref when it names a value this store wrote, an ancestor
+/// of the journaled value, or a commit that cannot be read (others may have
+/// moved it meanwhile: that stays).
 fn recover(local: &LocalRepo, config: &StoreConfig, recovered: &Recovered) -> Result<(), StorageError> {
     let pack_dir = local.git_dir().join("objects").join("pack");
     let mut read_tree = |id| local.read(id, Kind::Tree).ok();
@@ -419,7 +420,12 @@ fn recover(local: &LocalRepo, config: &StoreConfig, recovered: &Recovered) -> Re
             continue;
         }
         if name == &config.data_ref {
-            let ours = have.is_none_or(|h| recovered.seen.get(name.as_str()).is_some_and(|s| s.contains(&h)));
+            // Ours: a value this store wrote, or one its journaled head
+            // descends from (the ref was behind the journal).
+            let ours = have.is_none_or(|h| {
+                recovered.seen.get(name.as_str()).is_some_and(|s| s.contains(&h))
+                    || local.is_ancestor(h, want).unwrap_or(false)
+            });
             if !ours && have.is_some_and(|h| local.commit(h).is_ok()) {
                 continue;
             }

@@ -4,9 +4,9 @@
 //! made by others become revisions in `ingest`, and the store is loaded or
 //! built in `open`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,11 @@ const MAX_CONFLICT_RETRIES: usize = 16;
 const GATHER_TREES: u64 = 4 << 20;
 /// Longest a group waits to gather requests.
 const MAX_GATHER: Duration = Duration::from_millis(50);
+/// With a journal, while more writes wait, the refs move at most this
+/// often: the journal makes each group durable, and a ref move costs a
+/// file created and one freed. When nothing waits they move before the
+/// answer, as without a journal.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 /// What the writer's queue carries.
 pub(crate) enum Message {
@@ -50,7 +55,12 @@ pub(super) struct Durable {
     pub data_head: ObjectId,
     pub meta_head: Option<ObjectId>,
     pub auth_head: Option<ObjectId>,
+    pub unpublished: Unpublished,
 }
+
+/// Refs moved in the journal and not yet on disk: each one's value on disk
+/// (what the compare-and-swap expects) and its durable value.
+pub(super) type Unpublished = BTreeMap<String, (Option<ObjectId>, ObjectId)>;
 
 /// Data commits the store has written or ingested lately: where a walk of
 /// commits made by others stops. Bounded; older history is found through
@@ -111,6 +121,12 @@ pub struct Writer {
     /// trusted until a reload from the refs succeeds.
     needs_reload: bool,
     watcher: Option<RefWatcher>,
+    /// See [`Unpublished`]; empty without a journal.
+    pub(super) unpublished: Unpublished,
+    /// When the refs last moved on disk.
+    published_at: Instant,
+    /// Jobs queued and not yet taken (counted by [`super::Store`]).
+    pub(super) queued: Arc<AtomicUsize>,
     pub(super) metrics: super::StoreMetrics,
     /// One writer per branch pair.
     pub(super) _lock: OwnerLock,
@@ -172,6 +188,9 @@ impl Writer {
             refs_changed: Arc::new(AtomicBool::new(false)),
             needs_reload: false,
             watcher: None,
+            unpublished: Unpublished::new(),
+            published_at: Instant::now(),
+            queued: Arc::new(AtomicUsize::new(0)),
             _lock: lock,
         }
     }
@@ -199,6 +218,7 @@ impl Writer {
             data_head: self.data_head.expect("an open store has a data commit"),
             meta_head: self.meta_head,
             auth_head: self.auth_head,
+            unpublished: self.unpublished.clone(),
         });
     }
 
@@ -218,10 +238,16 @@ impl Writer {
                 .expect("lessor lock is never poisoned")
                 .next_deadline();
             let poll_due = last_ref_read + self.config.poll_interval;
-            let wake = next_expiry.map_or(poll_due, |d| d.min(poll_due));
+            let mut wake = next_expiry.map_or(poll_due, |d| d.min(poll_due));
+            if !self.unpublished.is_empty() {
+                wake = wake.min(self.published_at + PUBLISH_EVERY);
+            }
             let mut batch: Vec<Box<dyn Job>> = Vec::new();
             match queue.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(Message::Job(job)) => batch.push(job),
+                Ok(Message::Job(job)) => {
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    batch.push(job);
+                }
                 Ok(Message::RefsChanged) | Err(RecvTimeoutError::Timeout) => {}
                 Ok(Message::Stop) => stopping = true,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -236,7 +262,10 @@ impl Writer {
                     None => queue.try_recv().map_err(|_| ()),
                 };
                 match next {
-                    Ok(Message::Job(job)) => batch.push(job),
+                    Ok(Message::Job(job)) => {
+                        self.queued.fetch_sub(1, Ordering::Relaxed);
+                        batch.push(job);
+                    }
                     Ok(Message::RefsChanged) => {}
                     Ok(Message::Stop) => stopping = true,
                     Err(()) => break,
@@ -258,6 +287,9 @@ impl Writer {
                 last_ref_read = Instant::now();
             }
             if batch.is_empty() && !read_refs {
+                if !self.unpublished.is_empty() && Instant::now() >= self.published_at + PUBLISH_EVERY {
+                    self.publish_refs_idle();
+                }
                 continue;
             }
             let (started, trees_before) = (Instant::now(), self.objects.tree_bytes_written());
@@ -265,6 +297,50 @@ impl Writer {
             last_cost = started.elapsed();
             large_trees = self.objects.tree_bytes_written() - trees_before >= GATHER_TREES;
         }
+        // The journal's clean checkpoint at drop needs the refs on disk.
+        self.publish_refs_idle();
+    }
+
+    /// Moves the refs on disk to their durable values, between batches.
+    /// A failure loses nothing (the journal holds them): a ref moved by
+    /// someone else is read, and merged, by the next batch; another error
+    /// is tried again later.
+    fn publish_refs_idle(&mut self) {
+        match self.publish_refs() {
+            Ok(()) => {}
+            Err(StorageError::Repo(RepoError::RefConflict { .. })) => {
+                tracing::info!(data_ref = %self.config.data_ref, "the data ref moved before gitcd's last writes reached it; merging");
+                self.refs_changed.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                self.published_at = Instant::now();
+                tracing::warn!(error = %crate::error::chain(&e), "cannot move the refs to the journal's values yet; trying again");
+            }
+        }
+    }
+
+    /// Moves every ref in [`Self::unpublished`] on disk, with
+    /// compare-and-swap against the value it had there.
+    fn publish_refs(&mut self) -> Result<(), StorageError> {
+        if self.unpublished.is_empty() {
+            return Ok(());
+        }
+        let edits: Vec<RefUpdate> = self
+            .unpublished
+            .iter()
+            .map(|(name, &(old, new))| RefUpdate { name, old, new })
+            .collect();
+        let message = format!("gitcd: revision {}", self.working.revision);
+        let journaled = self.objects.journaled();
+        self.repo
+            .update_refs_with(&edits, &message, &self.config.committer, !journaled)?;
+        self.unpublished.clear();
+        self.objects.refs_behind(false);
+        if let Some(d) = &mut self.durable {
+            d.unpublished.clear();
+        }
+        self.published_at = Instant::now();
+        Ok(())
     }
 
     fn run_batch(&mut self, shared: &Shared, mut batch: Vec<Box<dyn Job>>, mut read_refs: bool) {
@@ -383,7 +459,14 @@ impl Writer {
             .write()
             .expect("revision index lock is never poisoned")
             .truncate(durable.snapshot.revision);
-        if repo_meta == durable.meta_head {
+        // The metadata ref on disk is this store's own when it is what the
+        // store last put there.
+        let ours_on_disk = durable
+            .unpublished
+            .get(&self.config.metadata_ref)
+            .map_or(durable.meta_head, |&(on_disk, _)| on_disk);
+        if repo_meta == ours_on_disk {
+            self.unpublished = durable.unpublished;
             self.working = durable.snapshot;
             self.data_head = Some(durable.data_head);
             self.meta_head = durable.meta_head;
@@ -396,6 +479,8 @@ impl Writer {
             };
         } else if let Some(m) = repo_meta {
             // Someone else wrote metadata: start over from it.
+            self.unpublished.clear();
+            self.objects.refs_behind(false);
             self.load(m)?;
             self.load_auth()?;
             self.mark_durable();
@@ -408,64 +493,27 @@ impl Writer {
     /// may have moved it); otherwise a move shows as a ref conflict.
     fn try_batch(&mut self, batch: &mut [Box<dyn Job>], read_refs: bool) -> Result<(), Error> {
         let durable = self.durable.clone().expect("an open store is durable");
+        // What this store last put on disk (its durable head unless the
+        // journal holds newer commits).
+        let ours_on_disk = self
+            .unpublished
+            .get(&self.config.data_ref)
+            .map_or(Some(durable.data_head), |&(on_disk, _)| on_disk);
         let data_ref = if read_refs {
             self.repo.ref_target(&self.config.data_ref)?
         } else {
-            Some(durable.data_head)
+            ours_on_disk
         };
         let mut wrote = false;
         let mut auth_notes = Vec::new();
-        if data_ref != Some(durable.data_head)
+        if data_ref != ours_on_disk
             && let Some(theirs) = data_ref
         {
-            self.ingest(theirs)?;
+            self.take_in(theirs, ours_on_disk)?;
             wrote = true;
         }
         for job in batch.iter_mut() {
-            // A txn that reads a past revision may read one applied in this
-            // batch: it must be in a commit, and its objects visible. A
-            // revision with a commit of its own follows the ones before.
-            if job.reads_history() || job.own_commit() {
-                self.flush_group()?;
-                if job.reads_history() && self.objects.has_pending() {
-                    self.objects.sync()?;
-                }
-            }
-            let before = self.working.clone();
-            let repo = &self.repo;
-            let revisions = &self.revisions;
-            let history = |rev: i64, range: &KeyRange| history::read_at(repo, revisions, rev, range);
-            let mut a = Apply::new(&mut self.working, &history);
-            if !job.apply(&mut a) {
-                self.working = before;
-                continue;
-            }
-            let begin = a.begin;
-            let (changes, notes, leases, own) = (a.changes, a.notes, a.leases, a.own_commit);
-            auth_notes.extend(a.auth_notes);
-            self.lease_changes.extend(leases);
-            if !changes.is_empty() {
-                self.working.revision = begin + 1;
-                self.group.push(Arc::new(RevisionEvents {
-                    revision: begin + 1,
-                    changes,
-                }));
-                self.group_notes.extend(notes);
-                if let Some(own) = own {
-                    self.write_own_commit(&own)?;
-                } else if self.group.len() >= self.config.max_commit_revisions {
-                    self.flush_group()?;
-                }
-                wrote = true;
-            } else if !notes.is_empty() {
-                if self.group.is_empty() {
-                    let message = format!("{begin}\n\n{}", notes.join("\n"));
-                    self.write_meta_commit(begin, begin, &message, None)?;
-                } else {
-                    self.group_notes.extend(notes);
-                }
-                wrote = true;
-            }
+            wrote |= self.apply_job(&mut **job, &mut auth_notes)?;
         }
         self.flush_group()?;
         if !auth_notes.is_empty() {
@@ -473,10 +521,65 @@ impl Writer {
             wrote = true;
         }
         if wrote {
-            let data_before = data_ref.or(Some(durable.data_head));
+            let data_before = if data_ref == ours_on_disk {
+                Some(durable.data_head)
+            } else {
+                data_ref
+            };
             self.persist(data_before, durable.meta_head)?;
         }
         Ok(())
+    }
+
+    /// Applies one job on top of the working state; whether it wrote
+    /// anything. Changes to users and roles add to `auth_notes`.
+    pub(super) fn apply_job(&mut self, job: &mut dyn Job, auth_notes: &mut Vec<String>) -> Result<bool, Error> {
+        // A txn that reads a past revision may read one applied in this
+        // batch: it must be in a commit, and its objects visible. A
+        // revision with a commit of its own follows the ones before.
+        if job.reads_history() || job.own_commit() {
+            self.flush_group()?;
+            if job.reads_history() && self.objects.has_pending() {
+                self.objects.sync()?;
+            }
+        }
+        let before = self.working.clone();
+        let repo = &self.repo;
+        let revisions = &self.revisions;
+        let history = |rev: i64, range: &KeyRange| history::read_at(repo, revisions, rev, range);
+        let mut a = Apply::new(&mut self.working, &history);
+        if !job.apply(&mut a) {
+            self.working = before;
+            return Ok(false);
+        }
+        let begin = a.begin;
+        let (changes, notes, leases, own) = (a.changes, a.notes, a.leases, a.own_commit);
+        auth_notes.extend(a.auth_notes);
+        self.lease_changes.extend(leases);
+        if !changes.is_empty() {
+            self.working.revision = begin + 1;
+            self.group.push(Arc::new(RevisionEvents {
+                revision: begin + 1,
+                changes,
+            }));
+            self.group_notes.extend(notes);
+            if let Some(own) = own {
+                self.write_own_commit(&own)?;
+            } else if self.group.len() >= self.config.max_commit_revisions {
+                self.flush_group()?;
+            }
+            Ok(true)
+        } else if !notes.is_empty() {
+            if self.group.is_empty() {
+                let message = format!("{begin}\n\n{}", notes.join("\n"));
+                self.write_meta_commit(begin, begin, &message, None)?;
+            } else {
+                self.group_notes.extend(notes);
+            }
+            Ok(true)
+        } else {
+            Ok(false)
+        }
     }
 
     /// Makes everything written durable and moves the refs from what they
@@ -517,13 +620,20 @@ impl Writer {
         if edits.is_empty() {
             return Ok(());
         }
-        let message = format!("gitcd: revision {}", self.working.revision);
         // With a journal, the refs move unsynced and one journal record,
-        // synced, makes the group durable (packs and refs alike).
-        let journaled = self.objects.journaled();
-        self.repo
-            .update_refs_with(&edits, &message, &self.config.committer, !journaled)?;
-        let moved: Vec<(&str, ObjectId)> = edits.iter().map(|e| (e.name, e.new)).collect();
+        // synced, makes the group durable (packs and refs alike). While
+        // more writes wait, the refs stay behind for up to PUBLISH_EVERY.
+        let moved: Vec<(String, ObjectId)> = edits.iter().map(|e| (e.name.to_owned(), e.new)).collect();
+        for e in edits {
+            let on_disk = self.unpublished.get(e.name).map_or(e.old, |&(on_disk, _)| on_disk);
+            self.unpublished.insert(e.name.to_owned(), (on_disk, e.new));
+        }
+        let waiting = self.queued.load(Ordering::Relaxed) > 0;
+        if !self.objects.journaled() || !waiting || self.published_at.elapsed() >= PUBLISH_EVERY {
+            self.publish_refs()?;
+        }
+        let moved: Vec<(&str, ObjectId)> = moved.iter().map(|(name, id)| (name.as_str(), *id)).collect();
+        self.objects.refs_behind(!self.unpublished.is_empty());
         self.objects.commit(&moved)?;
         self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
         Ok(())
