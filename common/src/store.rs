@@ -146,6 +146,14 @@ pub enum StorageError {
     Contended { data_ref: String, attempts: usize },
     #[error("cannot start the writer thread")]
     Thread(#[source] std::io::Error),
+    /// A commit made on top of the data ref while the ref was behind the
+    /// journal could not be merged.
+    #[error("cannot merge {head}, committed onto {data_ref} while the ref was behind gitcd's writes: {reason}")]
+    MergeBehind {
+        data_ref: String,
+        head: ObjectId,
+        reason: String,
+    },
     /// The auth ref's tree is not what this gitcd reads.
     #[error("auth ref {auth_ref} at {commit}")]
     Auth {

@@ -106,6 +106,99 @@ async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
     Ok(())
 }
 
+/// gitcd is killed while writes queue, so its refs on disk are behind the
+/// journal; then someone commits on top of the lagging data ref. The next
+/// start merges that commit with the journaled writes: none is lost, the
+/// pushed file is a key, and the branch descends from the pushed commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_on_a_lagging_ref_before_the_restart_is_merged() -> Result<()> {
+    use common::repo::journal;
+    let dir = tempfile::tempdir()?;
+    let repo = dir.path().join("repo");
+    let log = dir.path().join("gitcd.log");
+    let meta_ref = "refs/gitcd/metadata/refs/heads/main";
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    // Until a kill finds the refs behind (nearly always the first).
+    for round in 0.. {
+        ensure!(round < 10, "the refs were never behind the journal at a kill");
+        let port = free_port()?;
+        let mut child = spawn_gitcd(&repo, port, &log)?;
+        let client = Client::ready(format!("127.0.0.1:{port}").parse()?)
+            .await
+            .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+        let mut writers = Vec::new();
+        for w in 0..16 {
+            let (mut c, acked) = (client.clone(), acked.clone());
+            writers.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let (key, value) = (format!("/lag/{round}/{w}/{i}"), format!("v{i}"));
+                    let put = PutRequest {
+                        key: Bytes::from(key.clone()),
+                        value: Bytes::from(value.clone()),
+                        ..Default::default()
+                    };
+                    match c.kv.put(put).await {
+                        Ok(_) => acked.lock().expect("lock").push((key, value)),
+                        Err(_) => break,
+                    }
+                }
+            }));
+        }
+        let target = acked.lock().expect("lock").len() + 300;
+        crate::support::eventually("writes to be acknowledged", Duration::from_secs(60), || {
+            let n = acked.lock().expect("lock").len();
+            async move { Ok((n >= target).then_some(())) }
+        })
+        .await?;
+        child.kill()?;
+        child.wait()?;
+        for w in writers {
+            w.await?;
+        }
+        let journaled = journal::read(&journal::journal_path(&repo, meta_ref))?
+            .and_then(|r| r.refs.get("refs/heads/main").copied().flatten())
+            .context("a killed gitcd leaves records")?;
+        let on_disk = git(&repo, &["rev-parse", "refs/heads/main"])?.trim().to_owned();
+        if journaled != on_disk {
+            break;
+        }
+        // Not behind this time: start again (the next start recovers).
+    }
+
+    // A person's commit on top of the ref as it is on disk.
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["clone", "-q", repo.to_str().context("UTF-8 path")?, "work"],
+    )?;
+    crate::support::commit_files(&work, &[("pushed/x", "from a person")], "a person's commit")?;
+    git(&work, &["push", "-q", "origin", "HEAD:refs/heads/main"])?;
+    let pushed = git(&work, &["rev-parse", "HEAD"])?.trim().to_owned();
+
+    let port = free_port()?;
+    let mut child = spawn_gitcd(&repo, port, &log)?;
+    let mut c = Client::ready(format!("127.0.0.1:{port}").parse()?)
+        .await
+        .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+    let stored = stored(&mut c, "/").await?;
+    for (k, v) in acked.lock().expect("lock").iter() {
+        assert_eq!(
+            stored.get(k.as_bytes()).map(Vec::as_slice),
+            Some(v.as_bytes()),
+            "acknowledged {k} lost"
+        );
+    }
+    assert_eq!(
+        stored.get(b"/pushed/x".as_slice()).map(Vec::as_slice),
+        Some(b"from a person".as_slice())
+    );
+    child.kill()?;
+    child.wait()?;
+    git(&repo, &["merge-base", "--is-ancestor", &pushed, "refs/heads/main"]).context("the pushed commit is in main")?;
+    fsck(&repo, &["--no-dangling"]).await?;
+    Ok(())
+}
+
 /// A ref lock left by a writer that died does not block the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_ref_locks_are_cleared_at_start() -> Result<()> {

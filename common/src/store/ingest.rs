@@ -47,10 +47,10 @@ impl Writer {
     /// ref was behind), it is merged like an upstream head: the ref's later
     /// commits must not undo writes already acknowledged. Otherwise its
     /// commits become revisions ([`Self::ingest`]).
-    pub(super) fn take_in(&mut self, theirs: ObjectId, ours_on_disk: Option<ObjectId>) -> Result<(), super::Error> {
+    pub(super) fn take_in(&mut self, theirs: ObjectId, ours_on_disk: Option<ObjectId>) -> Result<(), StorageError> {
         let ahead = self.unpublished.contains_key(&self.config.data_ref);
         let on_top = match ours_on_disk {
-            Some(base) if ahead => self.repo.is_ancestor(base, theirs).map_err(StorageError::from)?,
+            Some(base) if ahead => self.repo.is_ancestor(base, theirs)?,
             _ => false,
         };
         if on_top {
@@ -59,16 +59,33 @@ impl Writer {
                 meta_tree: None,
                 name: self.config.data_ref.clone(),
             };
-            let outcome = crate::merge::plan(&self.repo, &self.working, &incoming, &crate::merge::Policy::default())
-                .map_err(|e| match e {
-                    crate::merge::MergeError::Repo(e) => super::Error::from(StorageError::Repo(e)),
-                    crate::merge::MergeError::Store(e) => e,
-                })?;
+            let data_ref = self.config.data_ref.clone();
+            let failed = move |reason: String| StorageError::MergeBehind {
+                data_ref: data_ref.clone(),
+                head: theirs,
+                reason,
+            };
+            let outcome =
+                match crate::merge::plan(&self.repo, &self.working, &incoming, &crate::merge::Policy::default()) {
+                    Ok(o) => o,
+                    Err(crate::merge::MergeError::Repo(e)) => return Err(StorageError::Repo(e)),
+                    Err(crate::merge::MergeError::Store(super::Error::Storage(e))) => {
+                        return Err(std::sync::Arc::try_unwrap(e).unwrap_or_else(|e| failed(e.to_string())));
+                    }
+                    Err(crate::merge::MergeError::Store(e)) => return Err(failed(e.to_string())),
+                };
             tracing::info!(data_ref = %self.config.data_ref, head = %theirs, "merging commits pushed while the data ref was behind the journal");
             match outcome {
                 crate::merge::Outcome::Changes(set) => {
                     let (reply, _) = tokio::sync::oneshot::channel();
-                    self.apply_job(&mut super::job::Typed::new(set, reply), &mut Vec::new())?;
+                    let mut job = super::job::Typed::new(set, reply);
+                    match self.apply_job(&mut job, &mut Vec::new()) {
+                        Ok(_) => {}
+                        Err(super::Error::Storage(e)) => {
+                            return Err(std::sync::Arc::try_unwrap(e).unwrap_or_else(|e| failed(e.to_string())));
+                        }
+                        Err(e) => return Err(failed(e.to_string())),
+                    }
                 }
                 // Every key it changed already has its value here: the ref
                 // moves on from it to this store's head.

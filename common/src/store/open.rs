@@ -41,9 +41,10 @@ impl Writer {
             repo.git_dir(),
             &journal::journal_path(repo.git_dir(), &config.metadata_ref),
         )?;
-        if let Some(recovered) = recovered {
-            recover(&local, config, &recovered)?;
-        }
+        let behind = match recovered {
+            Some(recovered) => recover(&local, config, &recovered)?,
+            None => None,
+        };
         let meta_ref = local.ref_target(&config.metadata_ref)?;
         let data_ref = local.ref_target(&config.data_ref)?;
         let working = Snapshot::empty(config.start_revision - 1);
@@ -53,7 +54,7 @@ impl Writer {
             None => w.initialize(data_ref)?,
             Some(m) => {
                 w.load(m)?;
-                w.reconcile(data_ref)?;
+                w.reconcile(data_ref, behind)?;
             }
         }
         w.load_auth()?;
@@ -331,8 +332,9 @@ impl Writer {
 
     /// Brings a freshly loaded store and its data ref together: repairs a
     /// data ref that a crash left behind, or turns commits made by others
-    /// into revisions.
-    fn reconcile(&mut self, data_ref: Option<ObjectId>) -> Result<(), StorageError> {
+    /// into revisions; merges them when they were made on `behind`, a value
+    /// the ref held while it lagged the journal (see [`recover`]).
+    fn reconcile(&mut self, data_ref: Option<ObjectId>, behind: Option<ObjectId>) -> Result<(), StorageError> {
         let ours = self.data_head.expect("a loaded store has a data commit");
         match data_ref {
             Some(theirs) if theirs == ours => Ok(()),
@@ -365,7 +367,18 @@ impl Writer {
                     Ok(())
                 } else {
                     let before = self.meta_head;
-                    self.ingest(theirs)?;
+                    match behind {
+                        Some(base) => {
+                            self.unpublished
+                                .insert(self.config.data_ref.clone(), (Some(base), ours));
+                            let taken = self.take_in(theirs, Some(base));
+                            self.unpublished.clear();
+                            taken?;
+                        }
+                        None => {
+                            self.ingest(theirs)?;
+                        }
+                    }
                     self.persist(Some(theirs), before)
                 }
             }
@@ -401,12 +414,15 @@ fn remove_torn_ref(local: &LocalRepo, name: &str) -> Result<bool, StorageError> 
 /// durable values: the metadata and auth refs (only this store writes them)
 /// always; the data ref when it names a value this store wrote, an ancestor
 /// of the journaled value, or a commit that cannot be read (others may have
-/// moved it meanwhile: that stays).
-fn recover(local: &LocalRepo, config: &StoreConfig, recovered: &Recovered) -> Result<(), StorageError> {
+/// moved it meanwhile: that stays). Returns the value such a commit was
+/// made on when the journal names it (the ref lagged the journal then: the
+/// commit is merged, not taken as the new state).
+fn recover(local: &LocalRepo, config: &StoreConfig, recovered: &Recovered) -> Result<Option<ObjectId>, StorageError> {
     let pack_dir = local.git_dir().join("objects").join("pack");
     let mut read_tree = |id| local.read(id, Kind::Tree).ok();
     let (written, removed) = journal::restore_packs(&pack_dir, recovered, &mut read_tree)?;
     let mut moved = Vec::new();
+    let mut behind = None;
     let auth_ref = config.auth_ref();
     for name in [&config.metadata_ref, &auth_ref, &config.data_ref] {
         let Some(&Some(want)) = recovered.refs.get(name.as_str()) else {
@@ -426,7 +442,17 @@ fn recover(local: &LocalRepo, config: &StoreConfig, recovered: &Recovered) -> Re
                 recovered.seen.get(name.as_str()).is_some_and(|s| s.contains(&h))
                     || local.is_ancestor(h, want).unwrap_or(false)
             });
-            if !ours && have.is_some_and(|h| local.commit(h).is_ok()) {
+            if let Some(h) = have
+                && !ours
+                && local.commit(h).is_ok()
+            {
+                let seen = recovered.seen.get(name.as_str());
+                if let [base] = local.merge_bases(h, want).unwrap_or_default().as_slice()
+                    && *base != want
+                    && seen.is_some_and(|s| s.contains(base))
+                {
+                    behind = Some(*base);
+                }
                 continue;
             }
         }
@@ -444,5 +470,5 @@ fn recover(local: &LocalRepo, config: &StoreConfig, recovered: &Recovered) -> Re
         refs_moved = ?moved,
         "recovered from the journal after an unclean stop"
     );
-    Ok(())
+    Ok(behind)
 }

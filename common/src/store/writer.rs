@@ -297,8 +297,15 @@ impl Writer {
             last_cost = started.elapsed();
             large_trees = self.objects.tree_bytes_written() - trees_before >= GATHER_TREES;
         }
-        // The journal's clean checkpoint at drop needs the refs on disk.
-        self.publish_refs_idle();
+        // The journal's clean checkpoint at drop needs the refs on disk; a
+        // data ref moved meanwhile is merged first.
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            self.publish_refs_idle();
+            if self.unpublished.is_empty() || !self.refs_changed.swap(false, Ordering::Acquire) {
+                break;
+            }
+            self.run_batch(&shared, Vec::new(), true);
+        }
     }
 
     /// Moves the refs on disk to their durable values, between batches.
