@@ -33,6 +33,49 @@ async fn stored(c: &mut Client, prefix: &str) -> Result<std::collections::HashMa
         .collect())
 }
 
+/// `writers` clients put keys `<prefix>/<writer>/<i>` (value `v<i>`) until
+/// gitcd dies, recording each acknowledged one in `acked`; `child` is
+/// killed once `after` more writes were acknowledged.
+async fn write_until_killed(
+    client: &Client,
+    child: &mut Child,
+    acked: &Arc<Mutex<Vec<(String, String)>>>,
+    prefix: &str,
+    writers: usize,
+    after: usize,
+) -> Result<()> {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (mut c, acked, prefix) = (client.clone(), acked.clone(), prefix.to_owned());
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let (key, value) = (format!("{prefix}/{w}/{i}"), format!("v{i}"));
+                let put = PutRequest {
+                    key: Bytes::from(key.clone()),
+                    value: Bytes::from(value.clone()),
+                    ..Default::default()
+                };
+                match c.kv.put(put).await {
+                    Ok(_) => acked.lock().expect("lock").push((key, value)),
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    let target = acked.lock().expect("lock").len() + after;
+    crate::support::eventually("writes to be acknowledged", Duration::from_secs(60), || {
+        let n = acked.lock().expect("lock").len();
+        async move { Ok((n >= target).then_some(())) }
+    })
+    .await?;
+    child.kill()?;
+    child.wait()?;
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -46,38 +89,8 @@ async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
         let client = Client::ready(addr)
             .await
             .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-        let mut writers = Vec::new();
-        for w in 0..8 {
-            let mut c = client.clone();
-            let acked = acked.clone();
-            writers.push(tokio::spawn(async move {
-                for i in 0.. {
-                    let key = format!("/crash/{round}/{w}/{i}");
-                    let value = format!("v{i}");
-                    let put = PutRequest {
-                        key: Bytes::from(key.clone()),
-                        value: Bytes::from(value.clone()),
-                        ..Default::default()
-                    };
-                    match c.kv.put(put).await {
-                        Ok(_) => acked.lock().expect("lock").push((key, value)),
-                        Err(_) => break,
-                    }
-                }
-            }));
-        }
         // Let the writers get going, then kill in the middle of it.
-        let target = acked.lock().expect("lock").len() + 100;
-        crate::support::eventually("writes to be acknowledged", Duration::from_secs(60), || {
-            let n = acked.lock().expect("lock").len();
-            async move { Ok((n >= target).then_some(())) }
-        })
-        .await?;
-        child.kill()?;
-        child.wait()?;
-        for w in writers {
-            w.await?;
-        }
+        write_until_killed(&client, &mut child, &acked, &format!("/crash/{round}"), 8, 100).await?;
 
         // Restart: every acknowledged write is there.
         let port = free_port()?;
@@ -126,35 +139,7 @@ async fn a_commit_on_a_lagging_ref_before_the_restart_is_merged() -> Result<()> 
         let client = Client::ready(format!("127.0.0.1:{port}").parse()?)
             .await
             .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-        let mut writers = Vec::new();
-        for w in 0..16 {
-            let (mut c, acked) = (client.clone(), acked.clone());
-            writers.push(tokio::spawn(async move {
-                for i in 0.. {
-                    let (key, value) = (format!("/lag/{round}/{w}/{i}"), format!("v{i}"));
-                    let put = PutRequest {
-                        key: Bytes::from(key.clone()),
-                        value: Bytes::from(value.clone()),
-                        ..Default::default()
-                    };
-                    match c.kv.put(put).await {
-                        Ok(_) => acked.lock().expect("lock").push((key, value)),
-                        Err(_) => break,
-                    }
-                }
-            }));
-        }
-        let target = acked.lock().expect("lock").len() + 300;
-        crate::support::eventually("writes to be acknowledged", Duration::from_secs(60), || {
-            let n = acked.lock().expect("lock").len();
-            async move { Ok((n >= target).then_some(())) }
-        })
-        .await?;
-        child.kill()?;
-        child.wait()?;
-        for w in writers {
-            w.await?;
-        }
+        write_until_killed(&client, &mut child, &acked, &format!("/lag/{round}"), 16, 300).await?;
         let journaled = journal::read(&journal::journal_path(&repo, meta_ref))?
             .and_then(|r| r.refs.get("refs/heads/main").copied().flatten())
             .context("a killed gitcd leaves records")?;
