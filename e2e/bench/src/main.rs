@@ -155,6 +155,23 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Stops the server as an operator would (SIGTERM, then SIGKILL after
+    /// 30 s), so that its data directory is measured at rest: not with a
+    /// temporary file of whatever it was doing at the instant of a kill.
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -315,7 +332,7 @@ where
             .into_inner()
             .header
             .map_or(0, |h| h.revision);
-        drop(server);
+        server.stop();
         if revision > 100 {
             let kib = dir_bytes(&data) as f64 / 1024.0;
             m.extra
