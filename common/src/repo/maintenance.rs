@@ -89,8 +89,10 @@ impl MaintenanceHandle {
 /// How many group packs are folded into one.
 pub const FOLD_AFTER: usize = 128;
 /// Bytes of group packs (and their trees) held for folding at most: large
-/// flat directories make large trees.
-const FOLD_MEMORY: usize = 64 << 20;
+/// flat directories make large trees (25 MB for 57,000 keys in one), and
+/// each fold keeps one whole copy of each; at 64 MiB a fold of such groups
+/// held a few of them, and their whole trees were most of the repository.
+const FOLD_MEMORY: usize = 256 << 20;
 /// Bytes of group packs written and waiting for the folder at most; the
 /// writer waits beyond (backpressure). A fold takes a fraction of a second,
 /// and the groups written meanwhile must not make the writer wait.

@@ -559,41 +559,97 @@ fn push_header(out: &mut Vec<u8>, type_bits: u8, size: usize) {
 
 /// Folds packs written by [`PackBuilder::finish`] (oldest first) into one:
 /// objects are copied as they are stored, except trees: a tree whose
-/// previous version is in the fold becomes a delta against it (at most
-/// [`MAX_DELTA_DEPTH`] in a row), and the stored ones are deflated. Groups
-/// rewrite the trees along every path they change, so most of their bytes
-/// are trees that differ in a few entries from a tree of the group before.
+/// previous version is in the fold becomes a delta, and the stored ones are
+/// deflated. Groups rewrite the trees along every path they change, so most
+/// of their bytes are trees that differ in a few entries from a tree of the
+/// group before.
+///
+/// The versions of a tree in a fold are numbered from its first one (kept
+/// whole); version `i` is a delta against version `i` with its lowest set
+/// bit cleared (1, 2, 4 against 0; 3 against 2; 6 against 4; 7 against 6).
+/// A version is then at most log2(i) deltas from a whole tree, so a fold
+/// keeps one whole copy of each tree where a chain of deltas one after the
+/// other kept one every [`MAX_DELTA_DEPTH`] (a flat directory of 57,000
+/// keys is 25 MB of tree), for deltas that span a few versions each.
 pub fn fold(packs: &[PackBuilder]) -> PackBuilder {
+    /// A tree placed in the fold.
+    struct Placed<'a> {
+        offset: u64,
+        content: &'a [u8],
+        depth: u32,
+        /// Its versions in the fold, and which one it is.
+        line: usize,
+        version: usize,
+    }
     let mut out = PackBuilder::default();
-    // Each tree placed: its offset in `out`, content and delta depth.
-    let mut trees: HashMap<ObjectId, (u64, &[u8], u32)> = HashMap::new();
+    let mut trees: HashMap<ObjectId, Placed<'_>> = HashMap::new();
+    let mut lines: Vec<Vec<ObjectId>> = Vec::new();
     for pack in packs {
         for e in &pack.entries {
             if out.ids.contains(&e.id) {
                 continue;
             }
             let offset = out.data.len() as u64;
-            let mut depth = 0;
-            let base = e.tree.as_ref().and_then(|t| {
-                let (at, content, depth) = *trees.get(&t.previous?)?;
-                (depth < MAX_DELTA_DEPTH).then_some((at, content, depth))
+            let Some(t) = &e.tree else {
+                out.add_copy(e.id, &pack.data[e.offset as usize..e.end as usize], e.crc);
+                continue;
+            };
+            // The version before, and the one to delta against.
+            let base = t.previous.and_then(|p| trees.get(&p)).and_then(|prev| {
+                let version = prev.version + 1;
+                let line = &lines[prev.line];
+                // Another tree came from the same previous version: its
+                // successors number from it.
+                let base = match line.len() == version {
+                    true => trees.get(&line[version & (version - 1)])?,
+                    false => prev,
+                };
+                (base.depth < MAX_DELTA_DEPTH).then_some((base, prev.line, version, line.len() == version))
             });
-            let delta = base.and_then(|(at, content, d)| {
-                let t = e.tree.as_ref().expect("only trees have bases");
-                let delta = delta::tree_delta(content, &t.content);
-                (delta.len() < t.content.len() / 2).then_some((at, delta, d))
+            let delta = base.and_then(|(b, line, version, extends)| {
+                let delta = delta::tree_delta(b.content, &t.content);
+                (delta.len() < t.content.len() / 2).then_some((b.offset, b.depth, delta, line, version, extends))
             });
-            match (delta, &e.tree) {
-                (Some((at, delta, d)), _) => {
+            let placed = match delta {
+                Some((at, depth, delta, line, version, true)) => {
                     out.add_delta(e.id, at, &delta);
-                    depth = d + 1;
+                    lines[line].push(e.id);
+                    Placed {
+                        offset,
+                        content: &t.content,
+                        depth: depth + 1,
+                        line,
+                        version,
+                    }
                 }
-                (None, Some(t)) if t.content.len() <= MAX_STORED_TREE => out.add(e.id, Kind::Tree, &t.content),
-                _ => out.add_copy(e.id, &pack.data[e.offset as usize..e.end as usize], e.crc),
-            }
-            if let Some(t) = &e.tree {
-                trees.insert(e.id, (offset, &t.content, depth));
-            }
+                Some((at, depth, delta, _, _, false)) => {
+                    out.add_delta(e.id, at, &delta);
+                    lines.push(vec![e.id]);
+                    Placed {
+                        offset,
+                        content: &t.content,
+                        depth: depth + 1,
+                        line: lines.len() - 1,
+                        version: 0,
+                    }
+                }
+                None => {
+                    if t.content.len() <= MAX_STORED_TREE {
+                        out.add(e.id, Kind::Tree, &t.content);
+                    } else {
+                        out.add_copy(e.id, &pack.data[e.offset as usize..e.end as usize], e.crc);
+                    }
+                    lines.push(vec![e.id]);
+                    Placed {
+                        offset,
+                        content: &t.content,
+                        depth: 0,
+                        line: lines.len() - 1,
+                        version: 0,
+                    }
+                }
+            };
+            trees.insert(e.id, placed);
         }
     }
     out
@@ -694,9 +750,9 @@ mod tests {
         Ok(())
     }
 
-    /// Group packs folded into one: each version of a growing tree becomes a
-    /// delta against the one before (a fresh copy every MAX_DELTA_DEPTH),
-    /// blobs are copied, and git reads every object back.
+    /// Group packs folded into one: each version of a growing tree but the
+    /// first becomes a delta, at most log2 of its number deep, blobs are
+    /// copied, and git reads every object back.
     #[test]
     fn folded_packs_store_trees_as_deltas() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -743,10 +799,13 @@ mod tests {
                 &folded_path.with_extension("idx").display().to_string(),
             ],
         )?;
-        // 40 blobs and 3 whole trees (one per 17: the first, then after 16
-        // deltas each); the other 37 trees are deltas.
-        assert!(verified.contains("non delta: 43 objects"), "{verified}");
-        assert!(verified.contains("chain length = 16: 2 objects"), "{verified}");
+        // 40 blobs and two whole trees: the first, and the 17th, whose delta
+        // against the first (16 of its 36 entries new) is not worth it and
+        // which starts the numbering again. Version i of a tree is as many
+        // deltas from a whole one as i has bits set (at most 5 below 40).
+        assert!(verified.contains("non delta: 42 objects"), "{verified}");
+        assert!(verified.contains("chain length = 5: 1 object"), "{verified}");
+        assert!(!verified.contains("chain length = 6"), "{verified}");
         for (id, kind, content) in &objects {
             assert_eq!(&cat_file(repo.git_dir(), kind, *id)?, content);
         }
