@@ -90,6 +90,10 @@ async fn git_and_gitcd_share_a_repository() -> Result<()> {
         commit_files(&fetched, &[(&format!("f{i}"), &"y".repeat(1000 + i))], &format!("f{i}"))?;
     }
     let repo_url = repo.to_str().context("UTF-8 path")?;
+    // The receiving side's own `gc --auto` would go on after the push
+    // returns and prune loose object directories under the fetch below (a
+    // race between two git processes, not gitcd's): gc runs once, below.
+    git(&repo, &["config", "receive.autogc", "false"])?;
     git(&pushed, &["push", "-q", repo_url, "main:refs/heads/imported"])?;
     git(
         &repo,
