@@ -50,12 +50,7 @@ async fn write_until_killed(
         tasks.push(tokio::spawn(async move {
             for i in 0.. {
                 let (key, value) = (format!("{prefix}/{w}/{i}"), format!("v{i}"));
-                let put = PutRequest {
-                    key: Bytes::from(key.clone()),
-                    value: Bytes::from(value.clone()),
-                    ..Default::default()
-                };
-                match c.kv.put(put).await {
+                match c.put(&key, value.clone()).await {
                     Ok(_) => acked.lock().expect("lock").push((key, value)),
                     Err(_) => break,
                 }
@@ -286,12 +281,7 @@ async fn lose_the_page_cache(
             let mut acked = Vec::new();
             for i in 0..per_writer {
                 let (key, value) = (format!("/lost/{w}/{i}"), value(i));
-                c.kv.put(PutRequest {
-                    key: Bytes::from(key.clone()),
-                    value: Bytes::from(value.clone()),
-                    ..Default::default()
-                })
-                .await?;
+                c.put(&key, value.clone()).await?;
                 acked.push((key, value));
             }
             anyhow::Ok(acked)

@@ -67,12 +67,7 @@ async fn git_and_gitcd_share_a_repository() -> Result<()> {
                 let mut acked = Vec::new();
                 for i in 0..150 {
                     let (key, value) = (format!("/w{w}/k{}", i % 40), format!("{w}-{i}"));
-                    c.kv.put(PutRequest {
-                        key: Bytes::from(key.clone()),
-                        value: Bytes::from(value.clone()),
-                        ..Default::default()
-                    })
-                    .await?;
+                    c.put(&key, value.clone()).await?;
                     acked.push((key, value));
                 }
                 anyhow::Ok(acked)
@@ -209,12 +204,7 @@ async fn commits_made_on_a_ref_behind_the_journal_are_merged() -> Result<()> {
                 let mut i = 0;
                 while !done.load(std::sync::atomic::Ordering::Relaxed) || i < 50 {
                     let (key, value) = (format!("/w{w}/k{}", i % 20), format!("{w}-{i}"));
-                    c.kv.put(PutRequest {
-                        key: Bytes::from(key.clone()),
-                        value: Bytes::from(value.clone()),
-                        ..Default::default()
-                    })
-                    .await?;
+                    c.put(&key, value.clone()).await?;
                     acked.push((key, value));
                     i += 1;
                 }
@@ -273,7 +263,17 @@ async fn commits_made_on_a_ref_behind_the_journal_are_merged() -> Result<()> {
                 break;
             }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        // The next commit goes on top of what gitcd made of this one.
+        let last = pushed.last().cloned().unwrap_or_default();
+        crate::support::eventually(
+            "gitcd to take the commit in",
+            std::time::Duration::from_secs(10),
+            || {
+                let moved = git(&repo, &["rev-parse", "refs/heads/main"]).map(|h| h.trim() != last);
+                async move { Ok(moved?.then_some(())) }
+            },
+        )
+        .await?;
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acked = Vec::new();

@@ -53,6 +53,18 @@ impl Client {
         })
     }
 
+    /// Puts `value` at `key`.
+    pub async fn put(&mut self, key: &str, value: impl Into<bytes::Bytes>) -> Result<()> {
+        self.kv
+            .put(common::proto::etcdserverpb::PutRequest {
+                key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+                value: value.into(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Connects once the endpoint answers Status.
     pub async fn ready(addr: SocketAddr) -> Result<Self> {
         eventually(
