@@ -20,6 +20,7 @@
 pub mod bundle;
 pub mod commit;
 mod delta;
+pub mod fresh;
 pub mod journal;
 pub mod lock;
 pub mod maintenance;
@@ -80,6 +81,8 @@ pub enum RepoError {
     },
     #[error("object {id} is malformed: {reason}")]
     Malformed { id: ObjectId, reason: &'static str },
+    #[error("object {id}, held in memory until the refs move, cannot be read: {reason}")]
+    Fresh { id: ObjectId, reason: String },
     #[error("reference {name:?} is not a valid ref name")]
     RefName {
         name: String,
@@ -156,6 +159,8 @@ pub fn default_data_ref(path: &Path) -> String {
 pub struct Repo {
     git: gix::ThreadSafeRepository,
     git_dir: PathBuf,
+    /// Objects of this process's writer not in the pack directory yet.
+    fresh: std::sync::Arc<fresh::Fresh>,
 }
 
 impl Repo {
@@ -190,7 +195,11 @@ impl Repo {
             return Err(RepoError::Sha256 { path: path.to_owned() });
         }
         let git_dir = git.git_dir().to_owned();
-        Ok(Self { git, git_dir })
+        Ok(Self {
+            git,
+            git_dir,
+            fresh: Default::default(),
+        })
     }
 
     /// The `.git` directory (the repository itself when bare).
@@ -205,6 +214,7 @@ impl Repo {
         LocalRepo {
             git,
             git_dir: self.git_dir.clone(),
+            fresh: self.fresh.clone(),
         }
     }
 }
@@ -213,6 +223,7 @@ impl Repo {
 pub struct LocalRepo {
     git: gix::Repository,
     git_dir: PathBuf,
+    fresh: std::sync::Arc<fresh::Fresh>,
 }
 
 impl LocalRepo {

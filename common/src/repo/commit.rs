@@ -59,7 +59,9 @@ impl LocalRepo {
     }
 
     /// Every best common ancestor of `one` and all of `others` together (a
-    /// merge of `others` and `one`), in a stable order.
+    /// merge of `others` and `one`), in a stable order. gix walks the
+    /// commits in the object database: not those the writer holds in memory
+    /// ([`super::fresh`]), which it writes out first.
     pub fn merge_bases_of(&self, one: ObjectId, others: &[ObjectId]) -> Result<Vec<ObjectId>, RepoError> {
         let mut bases: Vec<ObjectId> = self
             .git

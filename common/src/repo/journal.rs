@@ -202,13 +202,11 @@ pub struct Journal {
     end: u64,
     /// Length of the current slot past which the next group switches.
     switch_at: u64,
-    /// Pack entries for the next record, encoded, and the files of those
-    /// packs.
+    /// Pack entries for the next record, encoded.
     pending: Vec<u8>,
     pending_packs: u16,
-    pending_files: Vec<PathBuf>,
-    /// Packs and indexes the current slot's records hold, to fsync before
-    /// it is retired.
+    /// Packs and indexes written since the current slot began (holding the
+    /// objects of its records), to fsync before it is retired.
     unsynced: Vec<PathBuf>,
     /// Each ref's value as of the last record.
     refs: BTreeMap<String, Option<ObjectId>>,
@@ -256,7 +254,6 @@ impl Journal {
                 switch_at: SWITCH_AT,
                 pending: Vec::new(),
                 pending_packs: 0,
-                pending_files: Vec::new(),
                 unsynced: Vec::new(),
                 refs: BTreeMap::new(),
                 bases: HashMap::new(),
@@ -341,15 +338,30 @@ impl Journal {
         out
     }
 
-    /// Adds a pack written (not fsynced) at `pack`, whose objects are
-    /// `objects` ([`Journal::encode`]), to the next record.
-    pub fn add_pack(&mut self, checksum: &[u8; 20], objects: &[u8], pack: &Path) {
+    /// Adds a group's pack named `checksum`, whose objects are `objects`
+    /// ([`Journal::encode`]), to the next record. The pack need not be
+    /// written yet; once it is (alone or with others), [`Journal::written`].
+    pub fn add_pack(&mut self, checksum: &[u8; 20], objects: &[u8]) {
         self.pending.extend_from_slice(checksum);
         self.pending.extend_from_slice(&(objects.len() as u64).to_le_bytes());
         self.pending.extend_from_slice(objects);
         self.pending_packs += 1;
-        self.pending_files.push(pack.to_owned());
-        self.pending_files.push(pack.with_extension("idx"));
+    }
+
+    /// The pack at `pack` (and its index), written without fsync, holds
+    /// objects of this slot's records (or of the next): it is fsynced
+    /// before the slot is retired. Every pack a record names must be
+    /// written before the record that switches slots (see
+    /// [`Journal::switches_next`]).
+    pub fn written(&mut self, pack: &Path) {
+        self.unsynced.push(pack.to_owned());
+        self.unsynced.push(pack.with_extension("idx"));
+    }
+
+    /// Whether the next record goes to the other slot (the current one is
+    /// retired then).
+    pub fn switches_next(&self) -> bool {
+        self.end + self.pending.len() as u64 + 4096 > self.switch_at
     }
 
     /// Notes the trees of `pack` (journaled, or fsynced where it is): once
@@ -367,7 +379,6 @@ impl Journal {
     pub fn discard(&mut self) {
         self.pending.clear();
         self.pending_packs = 0;
-        self.pending_files.clear();
         self.pending_trees.clear();
     }
 
@@ -397,9 +408,9 @@ impl Journal {
     /// background.
     pub fn commit(&mut self, refs: &[(&str, ObjectId)]) -> Result<(), RepoError> {
         self.finish_retiring(false)?;
-        let packs = std::mem::take(&mut self.pending);
         // A record's refs and header take a few hundred bytes.
-        let switch = self.end + packs.len() as u64 + 4096 > self.switch_at;
+        let switch = self.switches_next();
+        let packs = std::mem::take(&mut self.pending);
         let mut bytes = Vec::new();
         if switch {
             // Into the other slot once it is retired: nothing in it is
@@ -415,7 +426,6 @@ impl Journal {
         }
         bytes.extend(self.record(GROUP, 0, &packs));
         self.pending_packs = 0;
-        let files = std::mem::take(&mut self.pending_files);
         let written = self.slots[self.current].write_synced(&bytes, self.end);
         if switch && let Err(e) = &written {
             // Neither slot can be trusted to follow the other now.
@@ -425,10 +435,8 @@ impl Journal {
         self.end += bytes.len() as u64;
         self.keep_bases();
         if switch {
-            let full = std::mem::replace(&mut self.unsynced, files);
+            let full = std::mem::take(&mut self.unsynced);
             self.retire_in_background(1 - self.current, full)?;
-        } else {
-            self.unsynced.extend(files);
         }
         Ok(())
     }
@@ -771,14 +779,12 @@ pub fn restore_packs(
     read_tree: &mut dyn FnMut(ObjectId) -> Option<Vec<u8>>,
 ) -> Result<(usize, usize), RepoError> {
     fs::create_dir_all(pack_dir).map_err(io_err(pack_dir))?;
-    let mut written = 0;
-    let mut ours = std::collections::HashSet::new();
     // Trees rebuilt so far, each kept until a delta uses it as its base.
     let mut trees: HashMap<ObjectId, Arc<Vec<u8>>> = HashMap::new();
+    let mut groups: Vec<SealedPack> = Vec::new();
     for journaled in &recovered.packs {
-        let rebuilt;
-        let (checksum, pack, index) = match journaled {
-            JournaledPack::Whole { checksum, pack, index } => (checksum, pack, index),
+        match journaled {
+            JournaledPack::Whole { checksum, pack, index } => groups.push((*checksum, pack.clone(), index.clone())),
             JournaledPack::Objects { checksum, objects } => {
                 let built = rebuild(objects, &mut trees, read_tree).map_err(|reason| RepoError::Io {
                     path: pack_dir.join(format!("pack-{}.pack", super::pack::hex(checksum))),
@@ -787,27 +793,23 @@ pub fn restore_packs(
                         format!("cannot rebuild it from the journal: {reason}"),
                     ),
                 })?;
-                if &built.0 != checksum {
+                // Zeros: a group's pack written out with others' (the
+                // rebuilt one is named by its own checksum).
+                if &built.0 != checksum && checksum != &[0; 20] {
                     // Deflate made other bytes (another version of it since
                     // the crash): the same objects, in a pack of another name.
                     tracing::warn!(recorded = %super::pack::hex(checksum), rebuilt = %super::pack::hex(&built.0), "a journaled pack rebuilds to other bytes; writing it under its new name");
                 }
-                rebuilt = built;
-                (&rebuilt.0, &rebuilt.1, &rebuilt.2)
+                groups.push(built);
             }
-        };
-        let name = format!("pack-{}", super::pack::hex(checksum));
-        ours.insert(name.clone());
-        let pack_path = pack_dir.join(format!("{name}.pack"));
-        let idx_path = pack_dir.join(format!("{name}.idx"));
-        let intact = |path: &Path, want: &[u8]| fs::read(path).is_ok_and(|have| have == want);
-        if intact(&pack_path, pack) && intact(&idx_path, index) {
-            continue;
         }
-        super::pack::install_bytes(pack_dir, pack, index, checksum)?;
-        written += 1;
     }
+    let ours: std::collections::HashSet<String> = groups.iter().map(|(c, ..)| super::pack::hex(c)).collect();
+    // Packs written since the checkpoint under other names: the torn ones
+    // (a group never acknowledged) go; the objects of the sound ones are
+    // written (groups' packs are written out several as one).
     let mut removed = 0;
+    let mut present = std::collections::HashSet::new();
     let since = recovered.since - Duration::from_secs(2);
     for entry in fs::read_dir(pack_dir).map_err(io_err(pack_dir))?.flatten() {
         let path = entry.path();
@@ -817,20 +819,41 @@ pub fn restore_packs(
         let Some(stem) = name.strip_prefix("pack-").and_then(|n| n.strip_suffix(".pack")) else {
             continue;
         };
-        if ours.contains(&format!("pack-{stem}")) {
+        if ours.contains(stem) {
             continue;
         }
         let recent = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since);
         if !recent {
             continue;
         }
+        let idx = path.with_extension("idx");
         if !pack_is_sound(&path, stem).map_err(io_err(&path))? {
             tracing::warn!(pack = %path.display(), "removing a pack torn by a crash (a group never acknowledged)");
-            let idx = path.with_extension("idx");
             let _ = fs::remove_file(&idx);
             fs::remove_file(&path).map_err(io_err(&path))?;
             removed += 1;
+            continue;
         }
+        let index = fs::read(&idx).map_err(io_err(&idx));
+        if let Ok(entries) = index.and_then(|data| super::pack::parse_sound_index(&idx, &data)) {
+            present.extend(entries.into_iter().map(|e| e.id));
+        }
+    }
+    let mut written = 0;
+    for (checksum, pack, index) in &groups {
+        let name = format!("pack-{}", super::pack::hex(checksum));
+        let pack_path = pack_dir.join(format!("{name}.pack"));
+        let idx_path = pack_dir.join(format!("{name}.idx"));
+        let intact = |path: &Path, want: &[u8]| fs::read(path).is_ok_and(|have| have == want);
+        if intact(&pack_path, pack) && intact(&idx_path, index) {
+            continue;
+        }
+        let ids = super::pack::parse_sound_index(&idx_path, index)?;
+        if !ids.is_empty() && ids.iter().all(|e| present.contains(&e.id)) {
+            continue;
+        }
+        super::pack::install_bytes(pack_dir, pack, index, checksum)?;
+        written += 1;
     }
     if written + removed > 0 {
         super::objects::sync_dir(pack_dir)?;
@@ -933,7 +956,8 @@ mod tests {
         let (mut j, rec) = Journal::open(dir.path(), &path)?;
         assert!(rec.is_none());
         j.reset(BTreeMap::from([("refs/heads/main".to_owned(), Some(id(1)))]), false)?;
-        j.add_pack(&[7; 20], b"objects", &dir.path().join("p.pack"));
+        j.add_pack(&[7; 20], b"objects");
+        j.written(&dir.path().join("p.pack"));
         j.commit(&[("refs/heads/main", id(2)), ("refs/gitcd/m", id(3))])?;
         j.commit(&[("refs/heads/main", id(4))])?;
         // A crash: the journal is not checkpointed.
@@ -1034,7 +1058,7 @@ mod tests {
             );
             j.note_trees(&pack);
             let (checksum, bytes, index) = pack.sealed();
-            j.add_pack(&checksum, &objects, &pack_dir.join("unused.pack"));
+            j.add_pack(&checksum, &objects);
             j.commit(&[("refs/heads/main", id(g))])?;
             packs.push((checksum, bytes, index));
         }
@@ -1083,7 +1107,8 @@ mod tests {
             let slot = j.current;
             let bytes = fs::read(&j.slots[slot].path)?;
             let pack = j.git_dir.join(format!("objects/pack/pack-{n}.pack"));
-            j.add_pack(&[n; 20], &vec![n; size], &pack);
+            j.add_pack(&[n; 20], &vec![n; size]);
+            j.written(&pack);
             j.commit(&[("refs/heads/main", id(n))]).map_err(io::Error::other)?;
             if j.current != slot {
                 before_switch = Some((n, bytes));

@@ -30,6 +30,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::fresh::Fresh;
 use super::journal::{Journal, MAX_JOURNALED_PACK};
 use super::lock::{OwnerLock, maintenance_lock_path};
 use super::pack::{self, OFS_DELTA, PackBuilder, PackWriter};
@@ -45,8 +46,10 @@ pub enum Maintenance {
     Off,
 }
 
-/// A group pack written: its path, and its contents for folding.
-type Written = (PathBuf, PackBuilder);
+/// A pack of groups written: its path, its contents for folding, and how
+/// many groups it holds (several when written out together, see
+/// [`Packs::write_out`]).
+type Written = (PathBuf, PackBuilder, usize);
 
 /// What the folder thread is told.
 enum ToFolder {
@@ -86,7 +89,7 @@ impl MaintenanceHandle {
     }
 }
 
-/// How many group packs are folded into one.
+/// How many groups' packs are folded into one.
 pub const FOLD_AFTER: usize = 128;
 /// Bytes of group packs (and their trees) held for folding at most: large
 /// flat directories make large trees (25 MB for 57,000 keys in one), and
@@ -231,30 +234,57 @@ impl Packs {
     }
 
     /// Writes `pack`; its objects are then visible to readers. With a
-    /// journal, the pack is written without fsync and added to the
-    /// journal's next record; without, it is durable when this returns.
-    pub fn write(&self, mut pack: PackBuilder, journal: Option<&mut Journal>) -> Result<(), RepoError> {
+    /// journal, the pack is added to the journal's next record and held in
+    /// `fresh` (readable there) until [`Packs::write_out`]; without, it is
+    /// durable when this returns.
+    pub fn write(&self, mut pack: PackBuilder, journal: Option<(&mut Journal, &Fresh)>) -> Result<(), RepoError> {
         if pack.is_empty() {
             return Ok(());
         }
         fs::create_dir_all(&self.pack_dir).map_err(io_err(&self.pack_dir))?;
         let path = match journal {
-            Some(journal) => {
+            Some((journal, fresh)) => {
                 // A pack whose objects would make a large record is not
                 // worth writing twice: it is fsynced where it is.
                 let objects = journal.encode(&pack);
-                let path = if objects.len() <= MAX_JOURNALED_PACK {
-                    let (path, checksum, _) = pack.finish_unsynced(&self.pack_dir)?;
-                    journal.add_pack(&checksum, &objects, &path);
-                    path
-                } else {
-                    pack.finish(&self.pack_dir)?
-                };
                 journal.note_trees(&pack);
-                path
+                if objects.len() <= MAX_JOURNALED_PACK {
+                    // Never written under its own name: no checksum (zeros).
+                    journal.add_pack(&[0; 20], &objects);
+                    fresh.add(pack);
+                    return Ok(());
+                }
+                pack.finish(&self.pack_dir)?
             }
             None => pack.finish(&self.pack_dir)?,
         };
+        self.written(path, pack, 1);
+        Ok(())
+    }
+
+    /// Writes the packs `fresh` holds into the pack directory as one pack,
+    /// without fsync (the journal's records hold their objects; the journal
+    /// fsyncs the file before it retires them).
+    pub fn write_out(&self, journal: &mut Journal, fresh: &Fresh) -> Result<(), RepoError> {
+        let held = fresh.packs();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut pack = PackBuilder::default();
+        for group in &held {
+            pack.absorb(group);
+        }
+        fs::create_dir_all(&self.pack_dir).map_err(io_err(&self.pack_dir))?;
+        let (path, _, _) = pack.finish_unsynced(&self.pack_dir)?;
+        journal.written(&path);
+        fresh.forget(held.len());
+        self.written(path, pack, held.len());
+        Ok(())
+    }
+
+    /// Counts pack `pack` of `groups` groups, written at `path`, and hands
+    /// it to the folder.
+    fn written(&self, path: PathBuf, pack: PackBuilder, groups: usize) {
         self.bytes_written.fetch_add(pack.len() as u64, Ordering::Relaxed);
         if let Some(usage) = &self.usage {
             usage.note(&[path.clone(), path.with_extension("idx")]);
@@ -267,13 +297,12 @@ impl Packs {
             self.queued.fetch_add(pack.memory(), Ordering::Relaxed);
             // A folder that died leaves the packs as they are.
             if let Some(tx) = &*self.to_folder.lock().expect("folder channel lock is never poisoned") {
-                let _ = tx.send(ToFolder::Written(Box::new((path, pack))));
+                let _ = tx.send(ToFolder::Written(Box::new((path, pack, groups))));
             }
             while self.queued.load(Ordering::Relaxed) > FOLD_QUEUE_MEMORY && !thread.is_finished() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        Ok(())
     }
 }
 
@@ -328,8 +357,9 @@ impl Folder {
                     let group = *group;
                     queued.fetch_sub(group.1.memory(), Ordering::Relaxed);
                     self.waiting.push(group);
-                    let memory: usize = self.waiting.iter().map(|(_, p)| p.memory()).sum();
-                    if self.waiting.len() >= FOLD_AFTER || memory >= FOLD_MEMORY {
+                    let memory: usize = self.waiting.iter().map(|(_, p, _)| p.memory()).sum();
+                    let groups: usize = self.waiting.iter().map(|(.., g)| g).sum();
+                    if groups >= FOLD_AFTER || memory >= FOLD_MEMORY {
                         self.fold();
                         self.start_consolidation();
                     }
@@ -348,16 +378,24 @@ impl Folder {
     /// Writes the waiting group packs as one, then deletes them. A failure
     /// leaves them for a later consolidation.
     fn fold(&mut self) {
-        let (paths, packs): (Vec<PathBuf>, Vec<PackBuilder>) = std::mem::take(&mut self.waiting).into_iter().unzip();
+        let (paths, packs): (Vec<PathBuf>, Vec<PackBuilder>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .map(|(path, pack, _)| (path, pack))
+            .unzip();
         let mut folded = pack::fold(&packs);
         drop(packs);
         if let Err(e) = folded.finish(&self.pack_dir) {
             tracing::warn!(error = %crate::error::chain(&e), "cannot write a folded pack; keeping the packs it folds");
             return;
         }
+        // A `git gc` under way may be reading them: its repack deletes what
+        // it packed, and a later consolidation copies the rest once.
+        let keep = git_gc_running(&self.pack_dir);
         let mut unfolded = self.unfolded.lock().expect("pack set lock is never poisoned");
         for pack in paths {
-            remove_pack(&pack);
+            if !keep {
+                remove_pack(&pack);
+            }
             unfolded.remove(&pack);
         }
         self.counters.folds.inc();
@@ -567,6 +605,10 @@ fn consolidate(pack_dir: &Path, packs: &[PathBuf]) -> Result<(), RepoError> {
         }
     }
     out.finish()?;
+    // A `git gc` that started meanwhile may be reading them (as below).
+    if git_gc_running(pack_dir) {
+        return Ok(());
+    }
     for pack in packs {
         // Someone may have marked it to keep meanwhile: its objects are in
         // both packs then, which is harmless.

@@ -5,9 +5,11 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gix::ObjectId;
 
+use super::fresh::Fresh;
 use super::journal::Journal;
 use super::maintenance::{Maintenance, Packs};
 use super::pack::PackBuilder;
@@ -22,6 +24,17 @@ impl LocalRepo {
     /// packs anew) three times, over about a quarter of a second, before it
     /// fails; a missing object is an error of ours, rare, and may wait that long.
     pub fn read(&self, id: ObjectId, expected: Kind) -> Result<Vec<u8>, RepoError> {
+        if let Some(found) = self.fresh.find(&id) {
+            let (actual, data) = found.map_err(|reason| RepoError::Fresh { id, reason })?;
+            if actual != expected {
+                return Err(RepoError::Kind {
+                    id,
+                    actual: actual.name(),
+                    expected: expected.name(),
+                });
+            }
+            return Ok(data);
+        }
         let mut retries = [10u64, 50, 200].into_iter();
         let obj = loop {
             match self.git.find_object(id) {
@@ -56,7 +69,13 @@ impl LocalRepo {
 
     /// Whether object `id` exists (in any pack or loose).
     pub fn has(&self, id: ObjectId) -> bool {
-        self.git.has_object(id)
+        self.fresh.has(&id) || self.git.has_object(id)
+    }
+
+    /// The objects this process's writer holds in memory until the refs
+    /// move (see [`super::fresh`]).
+    pub fn fresh(&self) -> std::sync::Arc<super::fresh::Fresh> {
+        self.fresh.clone()
     }
 
     /// Reads and parses tree `id` into its entries, in Git's order.
@@ -89,12 +108,18 @@ pub struct ObjectWriter {
     packs: Packs,
     /// Where groups are made durable, once attached (see [`Journal`]).
     journal: Option<Journal>,
+    /// Where journaled groups' packs wait until the refs move (see
+    /// [`super::fresh`]); attached with the journal.
+    fresh: Option<Arc<Fresh>>,
     /// Bytes of trees written so far.
     tree_bytes: u64,
 }
 
 /// Pack bytes held in memory before they are written out unasked.
 const MAX_PENDING_PACK: usize = 64 << 20;
+/// Bytes of journaled groups' packs held in memory (see [`Fresh`]) before
+/// they are written out without waiting for the refs to move.
+const MAX_FRESH: usize = 32 << 20;
 
 impl ObjectWriter {
     /// A writer into the repository at `git_dir`; `maintenance` says whether
@@ -105,14 +130,27 @@ impl ObjectWriter {
             pending: PackBuilder::default(),
             packs: Packs::new(git_dir, maintenance),
             journal: None,
+            fresh: None,
             tree_bytes: 0,
         }
     }
 
-    /// Makes groups durable through `journal` from now on: packs are written
-    /// without fsync, and [`ObjectWriter::commit`] syncs the journal.
-    pub fn attach_journal(&mut self, journal: Journal) {
+    /// Makes groups durable through `journal` from now on: a group's pack
+    /// waits in `fresh` (the repository's, see [`LocalRepo::fresh`]) until
+    /// [`ObjectWriter::write_out`] writes it without fsync, and
+    /// [`ObjectWriter::commit`] syncs the journal.
+    pub fn attach_journal(&mut self, journal: Journal, fresh: Arc<Fresh>) {
         self.journal = Some(journal);
+        self.fresh = Some(fresh);
+    }
+
+    /// Writes the journaled groups' packs held in memory into the pack
+    /// directory, as one pack: before any ref on disk may point at them.
+    pub fn write_out(&mut self) -> Result<(), RepoError> {
+        match (&mut self.journal, &self.fresh) {
+            (Some(journal), Some(fresh)) => self.packs.write_out(journal, fresh),
+            _ => Ok(()),
+        }
     }
 
     /// Whether a journal makes groups durable (refs may then move unsynced
@@ -125,10 +163,17 @@ impl ObjectWriter {
     /// `refs`, durable: one journal record and one sync. Without a journal
     /// there is nothing to do (every write was durable already).
     pub fn commit(&mut self, refs: &[(&str, ObjectId)]) -> Result<(), RepoError> {
-        match &mut self.journal {
-            Some(j) => j.commit(refs),
-            None => Ok(()),
+        let Some(journal) = &mut self.journal else {
+            return Ok(());
+        };
+        // The slot that fills retires with the packs of its records
+        // fsynced: they must be files by then.
+        if journal.switches_next()
+            && let Some(fresh) = &self.fresh
+        {
+            self.packs.write_out(journal, fresh)?;
         }
+        journal.commit(refs)
     }
 
     /// Tells the journal whether the refs on disk are behind its records.
@@ -207,7 +252,12 @@ impl ObjectWriter {
     pub fn sync(&mut self) -> Result<(), RepoError> {
         let pack = std::mem::take(&mut self.pending);
         self.tree_bytes += pack.tree_bytes() as u64;
-        self.packs.write(pack, self.journal.as_mut())
+        let journal = self.journal.as_mut().zip(self.fresh.as_deref());
+        self.packs.write(pack, journal)?;
+        if self.fresh.as_ref().is_some_and(|f| f.memory() > MAX_FRESH) {
+            self.write_out()?;
+        }
+        Ok(())
     }
 
     /// Drops objects not yet synced (a failed group).
@@ -215,6 +265,18 @@ impl ObjectWriter {
         self.pending = PackBuilder::default();
         if let Some(j) = &mut self.journal {
             j.discard();
+        }
+    }
+}
+
+impl Drop for ObjectWriter {
+    /// The packs held in memory go to the pack directory before the journal
+    /// checkpoints at its drop; when they cannot, the journal is told the
+    /// refs are behind, so that it leaves its records for the next start.
+    fn drop(&mut self) {
+        if let Err(e) = self.write_out() {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot write the packs held in memory at stop; the next start recovers them from the journal");
+            self.refs_behind(true);
         }
     }
 }

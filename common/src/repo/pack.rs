@@ -248,12 +248,69 @@ impl PackBuilder {
 
     /// Fills in the count, appends the checksum; returns it and the index.
     fn seal(&mut self) -> ([u8; 20], Vec<u8>) {
-        let count = u32::try_from(self.entries.len()).expect("a pack holds fewer than 2^32 objects");
-        self.data[8..HEADER_LEN].copy_from_slice(&count.to_be_bytes());
-        let checksum = sha1_of(&self.data);
+        let checksum = self.checksum();
         let index = self.index(&checksum);
         self.data.extend_from_slice(&checksum);
         (checksum, index)
+    }
+
+    /// The checksum the pack would end in (its name) if it were finished
+    /// now, with the count filled in; the pack stays open.
+    fn checksum(&mut self) -> [u8; 20] {
+        let count = u32::try_from(self.entries.len()).expect("a pack holds fewer than 2^32 objects");
+        self.data[8..HEADER_LEN].copy_from_slice(&count.to_be_bytes());
+        sha1_of(&self.data)
+    }
+
+    /// The ids of the objects, in pack order.
+    pub(super) fn ids(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        self.entries.iter().map(|e| e.id)
+    }
+
+    /// The kind and content of the `n`th object (in pack order). Group
+    /// packs hold no deltas.
+    pub(super) fn object(&self, n: usize) -> Result<(Kind, Vec<u8>), String> {
+        let e = &self.entries[n];
+        if let Some(t) = &e.tree {
+            return Ok((Kind::Tree, t.content.as_ref().clone()));
+        }
+        let bytes = &self.data[e.offset as usize..e.end as usize];
+        let (type_bits, size, header) = parse_header(bytes).ok_or("a truncated entry header")?;
+        let kind = match type_bits {
+            1 => Kind::Commit,
+            2 => Kind::Tree,
+            3 => Kind::Blob,
+            other => return Err(format!("an entry of type {other} in a group's pack")),
+        };
+        let mut out = Vec::with_capacity(size);
+        flate2::Decompress::new(true)
+            .decompress_vec(&bytes[header..], &mut out, flate2::FlushDecompress::Finish)
+            .map_err(|e| format!("cannot inflate the entry: {e}"))?;
+        if out.len() != size {
+            return Err(format!("the entry inflates to {} bytes, not {size}", out.len()));
+        }
+        Ok((kind, out))
+    }
+
+    /// Appends every object of `other` this pack does not hold, as stored
+    /// there (trees keep what [`fold`] needs).
+    pub(super) fn absorb(&mut self, other: &PackBuilder) {
+        for e in &other.entries {
+            if !self.ids.insert(e.id) {
+                continue;
+            }
+            let offset = self.data.len();
+            self.data
+                .extend_from_slice(&other.data[e.offset as usize..e.end as usize]);
+            self.push_entry(e.id, offset, Some(e.crc));
+            if let Some(t) = &e.tree {
+                self.tree_bytes += t.content.len();
+                self.entries.last_mut().expect("just added").tree = Some(Tree {
+                    content: t.content.clone(),
+                    previous: t.previous,
+                });
+            }
+        }
     }
 
     /// The version 2 index of the pack whose checksum is `checksum`.
@@ -324,6 +381,27 @@ fn write_index(entries: &mut [IndexEntry], checksum: &[u8]) -> Vec<u8> {
 /// Reads a version 2 pack index: every object with its offset and CRC.
 pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>, RepoError> {
     let data = fs::read(path).map_err(io_err(path))?;
+    parse_index(path, &data)
+}
+
+/// Parses `data`, the version 2 pack index at `path`, after checking that it
+/// ends in the SHA-1 of what comes before (a crash can tear an index
+/// written without fsync).
+pub fn parse_sound_index(path: &Path, data: &[u8]) -> Result<Vec<IndexEntry>, RepoError> {
+    if data.len() < 20 || sha1_of(&data[..data.len() - 20]) != data[data.len() - 20..] {
+        return Err(RepoError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "pack index: torn (its checksum does not match)",
+            ),
+        });
+    }
+    parse_index(path, data)
+}
+
+/// Parses `data`, the version 2 pack index at `path`.
+fn parse_index(path: &Path, data: &[u8]) -> Result<Vec<IndexEntry>, RepoError> {
     let bad = |m: &str| RepoError::Io {
         path: path.to_owned(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("pack index: {m}")),
@@ -545,6 +623,21 @@ pub fn encode_distance(mut distance: u64) -> Vec<u8> {
 
 /// Type and size of an entry: 4 bits of size in the first byte after the
 /// type, then 7 bits a byte.
+/// An entry's type bits, size and header length (what [`push_header`]
+/// writes).
+fn parse_header(bytes: &[u8]) -> Option<(u8, usize, usize)> {
+    let first = *bytes.first()?;
+    let (type_bits, mut size) = ((first >> 4) & 7, usize::from(first & 0x0f));
+    let (mut byte, mut at, mut shift) = (first, 1, 4);
+    while byte & 0x80 != 0 {
+        byte = *bytes.get(at)?;
+        size |= usize::from(byte & 0x7f).checked_shl(shift)?;
+        at += 1;
+        shift += 7;
+    }
+    Some((type_bits, size, at))
+}
+
 fn push_header(out: &mut Vec<u8>, type_bits: u8, size: usize) {
     let mut size = size;
     let mut byte = (type_bits << 4) | (size & 0x0f) as u8;
@@ -689,6 +782,8 @@ fn write_tmp(dir: &Path, suffix: &str, data: &[u8], sync: bool) -> Result<PathBu
 
 #[cfg(test)]
 mod tests {
+    use gix::ObjectId;
+
     use super::super::git_cli::{cat_file, run};
     use super::super::{Kind, ObjectWriter, Repo};
 
@@ -747,6 +842,104 @@ mod tests {
             assert_eq!(&repo.local().read(*id, kind)?, content);
         }
         git(repo.git_dir(), &["fsck", "--strict", "--no-dangling"])?;
+        Ok(())
+    }
+
+    /// Journaled groups' packs wait in memory, readable through every handle
+    /// of the repository and absent from the pack directory, until they are
+    /// written out as one pack (each object once) that git verifies and
+    /// reads. A crash before that recovers them from the journal; after it,
+    /// recovery writes nothing again, unless that pack was torn.
+    #[test]
+    fn journaled_groups_wait_in_memory_and_are_written_out_as_one_pack() -> anyhow::Result<()> {
+        use super::super::journal::{self, Journal};
+        let dir = tempfile::tempdir()?;
+        let repo = Repo::open_or_init(&dir.path().join("r"))?;
+        let pack_dir = repo.git_dir().join("objects/pack");
+        let path = journal::journal_path(repo.git_dir(), "refs/gitcd/metadata/refs/heads/main");
+        let (mut j, _) = Journal::open(repo.git_dir(), &path)?;
+        j.start(std::collections::BTreeMap::new())?;
+        let mut w = ObjectWriter::new(repo.git_dir(), super::super::Maintenance::Off);
+        w.attach_journal(j, repo.local().fresh());
+        let mut objects = Vec::new();
+        for g in 0..3u32 {
+            // The same blob in every group; a small one stored, a large one
+            // deflated, an empty one; a commit; a tree.
+            let blobs = [
+                b"in every group".to_vec(),
+                format!("value {g}").repeat(g as usize * 300).into_bytes(),
+                Vec::new(),
+            ];
+            for b in blobs {
+                objects.push((w.write(Kind::Blob, &b)?, Kind::Blob, b));
+            }
+            let commit = format!("tree {}\n\ngroup {g}\n", ObjectId::empty_tree(gix::hash::Kind::Sha1)).into_bytes();
+            objects.push((w.write(Kind::Commit, &commit)?, Kind::Commit, commit));
+            let mut tree = format!("100644 f{g}\0").into_bytes();
+            tree.extend_from_slice(objects[0].0.as_bytes());
+            let tree_id = w.write_tree(tree.clone(), None)?;
+            objects.push((tree_id, Kind::Tree, tree));
+            w.sync()?;
+            w.commit(&[("refs/heads/main", tree_id)])?;
+        }
+        let files = |d: &std::path::Path| -> std::io::Result<Vec<std::path::PathBuf>> {
+            let mut v: Vec<_> = std::fs::read_dir(d)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+            v.sort();
+            Ok(v)
+        };
+        assert!(
+            !pack_dir.exists() || files(&pack_dir)?.is_empty(),
+            "{:?}",
+            files(&pack_dir)
+        );
+        let reader = repo.local();
+        for (id, kind, content) in &objects {
+            assert!(reader.has(*id));
+            assert_eq!(&reader.read(*id, *kind)?, content, "{id} from memory");
+        }
+        let wrong = reader
+            .read(objects[3].0, Kind::Blob)
+            .expect_err("a commit is not a blob");
+        assert!(wrong.to_string().contains("is a commit, expected a blob"), "{wrong}");
+
+        let (_, recovered) = Journal::open(repo.git_dir(), &path)?;
+        let recovered = recovered.ok_or_else(|| anyhow::anyhow!("records to recover"))?;
+        assert_eq!(recovered.packs.len(), 3);
+        let elsewhere = dir.path().join("elsewhere");
+        let (written, _) = journal::restore_packs(&elsewhere, &recovered, &mut |_| None)?;
+        assert_eq!(written, 3, "a crash now recovers the groups from the journal");
+
+        w.write_out()?;
+        let packs = files(&pack_dir)?;
+        assert_eq!(packs.len(), 2, "one pack and its index: {packs:?}");
+        let verified = git(repo.git_dir(), &["verify-pack", "-v", &packs[0].display().to_string()])?;
+        let unique: std::collections::HashSet<_> = objects.iter().map(|o| o.0).collect();
+        assert!(
+            verified.contains(&format!("non delta: {} objects", unique.len())),
+            "{verified}"
+        );
+        for (id, kind, content) in &objects {
+            assert_eq!(&cat_file(repo.git_dir(), kind.name(), *id)?, content);
+            assert_eq!(&reader.read(*id, *kind)?, content, "{id} from the pack");
+        }
+        drop(w);
+        let (written, removed) = journal::restore_packs(&pack_dir, &recovered, &mut |_| None)?;
+        assert_eq!(
+            (written, removed),
+            (0, 0),
+            "the pack written out holds every group's objects"
+        );
+        let pack = packs
+            .iter()
+            .find(|p| p.extension().is_some_and(|e| e == "pack"))
+            .expect("a pack");
+        let bytes = std::fs::read(pack)?;
+        std::fs::write(pack, &bytes[..bytes.len() - 1])?;
+        let (written, removed) = journal::restore_packs(&pack_dir, &recovered, &mut |_| None)?;
+        assert_eq!((written, removed), (3, 1), "a torn pack goes, and the groups come back");
+        for (id, kind, content) in &objects {
+            assert_eq!(&cat_file(repo.git_dir(), kind.name(), *id)?, content);
+        }
         Ok(())
     }
 

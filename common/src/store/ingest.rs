@@ -24,6 +24,7 @@ impl Writer {
     /// target that is already in the history (a reset) is one revision to
     /// its state.
     pub(super) fn ingest(&mut self, target: ObjectId) -> Result<Vec<i64>, StorageError> {
+        self.objects.write_out()?;
         let head = self.data_head.expect("an open store has a data commit");
         let base = if self.known.contains(&target) {
             Some(target)
@@ -48,6 +49,8 @@ impl Writer {
     /// commits must not undo writes already acknowledged. Otherwise its
     /// commits become revisions ([`Self::ingest`]).
     pub(super) fn take_in(&mut self, theirs: ObjectId, ours_on_disk: Option<ObjectId>) -> Result<(), StorageError> {
+        // Merge bases are gix's walk, which reads the pack directory only.
+        self.objects.write_out()?;
         let ahead = self.unpublished.contains_key(&self.config.data_ref);
         let on_top = match ours_on_disk {
             Some(base) if ahead => self.repo.is_ancestor(base, theirs)?,

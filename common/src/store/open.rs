@@ -74,7 +74,8 @@ impl Writer {
             refs.insert(w.config.auth_ref(), w.auth_head);
         }
         journal.start(refs)?;
-        w.objects.attach_journal(journal);
+        let fresh = w.repo.fresh();
+        w.objects.attach_journal(journal, fresh);
         w.mark_durable();
         Ok(w)
     }

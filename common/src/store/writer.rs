@@ -337,6 +337,8 @@ impl Writer {
             .iter()
             .map(|(name, &(old, new))| RefUpdate { name, old, new })
             .collect();
+        // The refs' commits' objects may still be in memory only.
+        self.objects.write_out()?;
         let message = format!("gitcd: revision {}", self.working.revision);
         let journaled = self.objects.journaled();
         self.repo
