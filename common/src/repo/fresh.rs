@@ -1,8 +1,8 @@
 //! Objects durable in the journal and not yet in the pack directory.
 //!
 //! While writes queue, the writer moves the refs on disk at most every
-//! 100 ms and records each group in the journal meanwhile. Its pack need not be a file before the refs that point at its
-//! objects move: the groups' packs wait here, in memory, readable by every
+//! 100 ms and records each group in the journal meanwhile. A group's pack
+//! need not be a file before the refs that point at its objects move: the groups' packs wait here, in memory, readable by every
 //! [`LocalRepo`](super::LocalRepo) of the same [`Repo`](super::Repo), and
 //! are written out as one pack just before the refs move (or when they hold
 //! too much). A group's two files (its pack and its index) were most of the
@@ -72,17 +72,10 @@ impl Fresh {
             .clone()
     }
 
-    /// Forgets the first `n` packs: they are in the pack directory now.
-    pub(super) fn forget(&self, n: usize) {
-        let mut inner = self.inner.write().expect("fresh packs lock is never poisoned");
-        let rest: Vec<Arc<PackBuilder>> = inner.packs.drain(..).skip(n).collect();
-        *inner = Inner::default();
-        for (p, pack) in rest.iter().enumerate() {
-            for (entry, id) in pack.ids().enumerate() {
-                inner.at.entry(id).or_insert((p, entry));
-            }
-            inner.memory += pack.memory();
-        }
-        inner.packs = rest;
+    /// Forgets every pack held: they are in the pack directory now. Only
+    /// the writer adds packs, on the thread that writes them out, so none
+    /// came in since [`Fresh::packs`].
+    pub(super) fn clear(&self) {
+        *self.inner.write().expect("fresh packs lock is never poisoned") = Inner::default();
     }
 }

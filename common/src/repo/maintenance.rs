@@ -277,7 +277,7 @@ impl Packs {
         fs::create_dir_all(&self.pack_dir).map_err(io_err(&self.pack_dir))?;
         let (path, _, _) = pack.finish_unsynced(&self.pack_dir)?;
         journal.written(&path);
-        fresh.forget(held.len());
+        fresh.clear();
         self.written(path, pack, held.len());
         Ok(())
     }
