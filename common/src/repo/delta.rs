@@ -13,9 +13,15 @@ const MAX_COPY: usize = 0x00ff_ffff;
 /// Most bytes one insert instruction may carry.
 const MAX_INSERT: usize = 0x7f;
 
+/// Most bytes a one-splice delta inserts (see [`splice_delta`]).
+const MAX_SPLICE: usize = 256;
+
 /// The delta that turns tree `base` into tree `new`. Correct for any two
 /// byte strings that parse as trees (a malformed tail is inserted whole).
 pub fn tree_delta(base: &[u8], new: &[u8]) -> Vec<u8> {
+    if let Some(delta) = splice_delta(base, new) {
+        return delta;
+    }
     let mut out = Vec::with_capacity(64);
     push_size(&mut out, base.len());
     push_size(&mut out, new.len());
@@ -62,6 +68,58 @@ pub fn tree_delta(base: &[u8], new: &[u8]) -> Vec<u8> {
     insert.extend_from_slice(&new[end..]);
     flush_insert(&mut out, &mut insert);
     out
+}
+
+/// The delta that copies the bytes `base` and `new` begin and end with and
+/// inserts the rest, when that is at most [`MAX_SPLICE`] bytes: a version of
+/// a tree in a group mostly differs from the one before in one entry, and
+/// two scans for the common ends find it without parsing either tree. Git's
+/// deltas copy and insert bytes, so the ends need not fall on entries.
+fn splice_delta(base: &[u8], new: &[u8]) -> Option<Vec<u8>> {
+    let prefix = common_prefix(base, new);
+    let (base_rest, new_rest) = (&base[prefix..], &new[prefix..]);
+    let suffix = common_suffix(base_rest, new_rest);
+    let middle = &new_rest[..new_rest.len() - suffix];
+    if middle.len() > MAX_SPLICE {
+        return None;
+    }
+    let mut out = Vec::with_capacity(32 + middle.len());
+    push_size(&mut out, base.len());
+    push_size(&mut out, new.len());
+    push_copy(&mut out, 0..prefix);
+    flush_insert(&mut out, &mut middle.to_vec());
+    push_copy(&mut out, base.len() - suffix..base.len());
+    Some(out)
+}
+
+/// Bytes compared at a time by [`common_prefix`] and [`common_suffix`]
+/// before the last, partial chunk is compared a byte at a time.
+const CHUNK: usize = 32;
+
+/// How many bytes `a` and `b` begin with in common.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let len = a.len().min(b.len());
+    let mut at = 0;
+    while at + CHUNK <= len && a[at..at + CHUNK] == b[at..at + CHUNK] {
+        at += CHUNK;
+    }
+    at + a[at..len].iter().zip(&b[at..len]).take_while(|(x, y)| x == y).count()
+}
+
+/// How many bytes `a` and `b` end with in common.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    let len = a.len().min(b.len());
+    let (a, b) = (&a[a.len() - len..], &b[b.len() - len..]);
+    let mut n = 0;
+    while n + CHUNK <= len && a[len - n - CHUNK..len - n] == b[len - n - CHUNK..len - n] {
+        n += CHUNK;
+    }
+    n + a[..len - n]
+        .iter()
+        .rev()
+        .zip(b[..len - n].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 struct Entry<'a> {
@@ -287,6 +345,37 @@ mod tests {
         ]);
         let delta = tree_delta(&base, &changed);
         assert!(delta.len() < 48, "{} bytes: {delta:?}", delta.len());
+    }
+
+    /// The one-splice path: ends in common whatever their length, the
+    /// middle inserted, anything longer left to the entry-wise walk.
+    #[test]
+    fn one_splice_deltas() {
+        let cases: [(&[u8], &[u8]); 7] = [
+            (b"", b""),
+            (b"abc", b"abc"),
+            (b"abcdef", b"abXdef"),
+            (b"abcdef", b"abdef"),
+            (b"abdef", b"abcccdef"),
+            (b"aaaa", b"aa"),
+            (b"xyz", b""),
+        ];
+        for (base, new) in cases {
+            let delta = splice_delta(base, new).expect("small changes splice");
+            assert_eq!(apply(base, &delta), new);
+        }
+        let base: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let mut new = base.clone();
+        new[77_777] ^= 1;
+        new.splice(1000..1000, [7u8; 200]);
+        assert!(splice_delta(&base, &new).is_none(), "two changes far apart");
+        let mut one = base.clone();
+        one[300_001] ^= 0xff;
+        let delta = tree_delta(&base, &one);
+        assert_eq!(apply(&base, &delta), one);
+        assert!(delta.len() < 32, "{} bytes", delta.len());
+        assert_eq!(common_prefix(&base, &one), 300_001);
+        assert_eq!(common_suffix(&base, &one), base.len() - 300_002);
     }
 
     #[test]

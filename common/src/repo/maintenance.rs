@@ -108,6 +108,12 @@ const FOLD_QUEUE_MEMORY: usize = 64 << 20;
 /// holds more than 7 packs for long.
 const TIER_PACKS: usize = 8;
 const TIER_BASE: u64 = 1 << 20;
+/// Consolidations run only on a core nothing else wants (`SCHED_IDLE`):
+/// they are never urgent, and on a busy machine they took a core from the
+/// writer in bursts (a quarter of gitcd's CPU late in a W1 run, copying
+/// hundreds of MB). Past this many packs (a machine busy for long) they run
+/// at normal priority again, so that readers never search many packs.
+const URGENT_PACKS: usize = 4 * TIER_PACKS;
 /// How often an idle maintainer looks at the pack directory (others' packs:
 /// a fetch, a push, a gitcd that does not maintain).
 const IDLE_LOOK: Duration = Duration::from_secs(30);
@@ -440,8 +446,8 @@ impl Folder {
             return;
         }
         let unfolded = self.unfolded.lock().expect("pack set lock is never poisoned").clone();
-        let picked = match pick_consolidation(&self.pack_dir, &unfolded) {
-            Ok(picked) if picked.len() >= 2 => picked,
+        let (picked, eligible) = match pick_consolidation(&self.pack_dir, &unfolded) {
+            Ok((picked, eligible)) if picked.len() >= 2 => (picked, eligible),
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(error = %crate::error::chain(&e), "cannot list packs to consolidate");
@@ -453,6 +459,9 @@ impl Folder {
         let spawned = std::thread::Builder::new()
             .name("gitcd-consolidate".into())
             .spawn(move || {
+                if eligible <= URGENT_PACKS {
+                    run_when_idle();
+                }
                 match consolidate(&pack_dir, &picked) {
                     Ok(()) => done.inc(),
                     Err(e) => {
@@ -482,15 +491,18 @@ fn git_gc_running(pack_dir: &Path) -> bool {
 /// not folded yet are the folder's; packs marked `.keep` or `.promisor`,
 /// and every pack while a multi-pack index exists, are left to Git's own
 /// maintenance.
-fn pick_consolidation(pack_dir: &Path, unfolded: &HashSet<PathBuf>) -> Result<Vec<PathBuf>, RepoError> {
+fn pick_consolidation(pack_dir: &Path, unfolded: &HashSet<PathBuf>) -> Result<(Vec<PathBuf>, usize), RepoError> {
     let mut tiers: std::collections::BTreeMap<u32, Vec<PathBuf>> = std::collections::BTreeMap::new();
-    for (size, pack) in eligible_packs(pack_dir, unfolded)? {
+    let eligible = eligible_packs(pack_dir, unfolded)?;
+    let count = eligible.len();
+    for (size, pack) in eligible {
         tiers.entry(size_tier(size)).or_default().push(pack);
     }
-    Ok(tiers
+    let picked = tiers
         .into_values()
         .find(|packs| packs.len() >= TIER_PACKS)
-        .unwrap_or_default())
+        .unwrap_or_default();
+    Ok((picked, count))
 }
 
 /// A pack's size tier: 0 below [`TIER_BASE`], then one more for each
@@ -672,6 +684,19 @@ fn remove_pack(pack: &Path) {
     }
 }
 
+/// Lowers the calling thread to Linux's `SCHED_IDLE` policy: it runs only
+/// on a core nothing else wants. Where that is refused, the thread keeps
+/// its priority.
+#[allow(unsafe_code)]
+fn run_when_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a system call on the calling thread (pid 0) that only reads
+    // `param`.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the consolidation's priority");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::git_cli::{cat_file, run};
@@ -832,6 +857,7 @@ mod tests {
                 names.insert(pack, i);
             }
             let mut picked: Vec<usize> = pick_consolidation(dir.path(), &skip)?
+                .0
                 .iter()
                 .map(|p| names[p])
                 .collect();

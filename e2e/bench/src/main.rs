@@ -195,6 +195,10 @@ async fn start_etcd(etcd: &Path, data: &Path) -> Result<Server> {
             &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
             &format!("--initial-cluster=bench=http://127.0.0.1:{peer}"),
             "--log-level=error",
+            // etcd's default quota (2 GiB of database file, history
+            // included) is reached by a minute of W1 on a fast machine;
+            // gitcd's counts live data only. 8 GiB is etcd's suggested most.
+            "--quota-backend-bytes=8589934592",
             "--experimental-watch-progress-notify-interval=5s",
             "--logger=zap",
         ])
