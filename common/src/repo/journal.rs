@@ -779,20 +779,42 @@ pub fn restore_packs(
     read_tree: &mut dyn FnMut(ObjectId) -> Option<Vec<u8>>,
 ) -> Result<(usize, usize), RepoError> {
     fs::create_dir_all(pack_dir).map_err(io_err(pack_dir))?;
-    // Trees rebuilt so far, each kept until a delta uses it as its base.
-    let mut trees: HashMap<ObjectId, Arc<Vec<u8>>> = HashMap::new();
-    let mut groups: Vec<SealedPack> = Vec::new();
+    let unreadable = |checksum: &[u8; 20], reason: String| RepoError::Io {
+        path: pack_dir.join(format!("pack-{}.pack", super::pack::hex(checksum))),
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cannot rebuild it from the journal: {reason}"),
+        ),
+    };
+    let mut parsed = Vec::with_capacity(recovered.packs.len());
     for journaled in &recovered.packs {
-        match journaled {
-            JournaledPack::Whole { checksum, pack, index } => groups.push((*checksum, pack.clone(), index.clone())),
+        parsed.push(match journaled {
+            JournaledPack::Whole { .. } => None,
             JournaledPack::Objects { checksum, objects } => {
-                let built = rebuild(objects, &mut trees, read_tree).map_err(|reason| RepoError::Io {
-                    path: pack_dir.join(format!("pack-{}.pack", super::pack::hex(checksum))),
-                    source: io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("cannot rebuild it from the journal: {reason}"),
-                    ),
-                })?;
+                Some(parse_objects(objects).map_err(|reason| unreadable(checksum, reason))?)
+            }
+        });
+    }
+    // How many deltas each tree is the base of: a tree is kept, once
+    // rebuilt or read, until the last of them (two directories that held
+    // the same tree and changed apart have one base).
+    let mut uses: HashMap<ObjectId, usize> = HashMap::new();
+    for record in parsed.iter().flatten() {
+        for object in record {
+            if let Recorded::Delta { base, .. } = object {
+                *uses.entry(*base).or_default() += 1;
+            }
+        }
+    }
+    let mut bases = Bases {
+        trees: HashMap::new(),
+        uses,
+    };
+    let mut groups: Vec<SealedPack> = Vec::new();
+    for (journaled, record) in recovered.packs.iter().zip(&parsed) {
+        match (journaled, record) {
+            (JournaledPack::Objects { checksum, .. }, Some(record)) => {
+                let built = rebuild(record, &mut bases, read_tree).map_err(|reason| unreadable(checksum, reason))?;
                 // Zeros: a group's pack written out with others' (the
                 // rebuilt one is named by its own checksum).
                 if &built.0 != checksum && checksum != &[0; 20] {
@@ -802,6 +824,10 @@ pub fn restore_packs(
                 }
                 groups.push(built);
             }
+            (JournaledPack::Whole { checksum, pack, index }, _) => {
+                groups.push((*checksum, pack.clone(), index.clone()))
+            }
+            (JournaledPack::Objects { .. }, None) => unreachable!("every record of objects is parsed"),
         }
     }
     let ours: std::collections::HashSet<String> = groups.iter().map(|(c, ..)| super::pack::hex(c)).collect();
@@ -861,50 +887,115 @@ pub fn restore_packs(
     Ok((written, removed))
 }
 
-/// The pack whose objects a record holds (see [`Journal::encode`]): its
-/// checksum, bytes and index, the same bytes as the pack written then.
-/// Trees rebuilt go into `trees`; a base is taken out of it when used (each
-/// version of a tree is the base of the next one only).
-fn rebuild(
-    objects: &[u8],
-    trees: &mut HashMap<ObjectId, Arc<Vec<u8>>>,
-    read_tree: &mut dyn FnMut(ObjectId) -> Option<Vec<u8>>,
-) -> Result<SealedPack, String> {
+/// One object of a record (see [`Journal::encode`]).
+enum Recorded<'a> {
+    /// As stored in the pack, with its CRC.
+    AsStored { id: ObjectId, crc: u32, bytes: &'a [u8] },
+    /// A tree's whole content.
+    Whole { id: ObjectId, content: &'a [u8] },
+    /// A tree as a delta against tree `base`.
+    Delta {
+        id: ObjectId,
+        base: ObjectId,
+        delta: &'a [u8],
+    },
+}
+
+/// The objects of a record's pack, in pack order.
+fn parse_objects(objects: &[u8]) -> Result<Vec<Recorded<'_>>, String> {
     let truncated = || "a truncated object".to_owned();
     let mut r = Reader(objects);
-    let mut pack = PackBuilder::default();
-    for _ in 0..r.u32().ok_or_else(truncated)? {
+    let count = r.u32().ok_or_else(truncated)?;
+    let mut out = Vec::with_capacity(count.min(1 << 20) as usize);
+    for _ in 0..count {
         let tag = r.u8().ok_or_else(truncated)?;
         let id = r.id().ok_or_else(truncated)?;
-        match tag {
-            OBJECT_AS_STORED => {
-                let crc = r.u32().ok_or_else(truncated)?;
-                let bytes = r.part().ok_or_else(truncated)?;
-                pack.add_copy(id, bytes, crc);
-            }
-            TREE_DELTA | TREE_WHOLE => {
-                let content = if tag == TREE_WHOLE {
-                    r.part().ok_or_else(truncated)?.to_vec()
-                } else {
-                    let base_id = r.id().ok_or_else(truncated)?;
-                    let delta = r.part().ok_or_else(truncated)?;
-                    let base = match trees.remove(&base_id) {
-                        Some(base) => base,
-                        None => Arc::new(
-                            read_tree(base_id).ok_or_else(|| format!("the base {base_id} of tree {id} is missing"))?,
-                        ),
-                    };
-                    delta::apply(&base, delta).ok_or_else(|| format!("the delta of tree {id} does not apply"))?
-                };
-                if object_id(Kind::Tree, &content) != id {
-                    return Err(format!("tree {id} rebuilds to other content"));
-                }
-                let content = Arc::new(content);
-                trees.insert(id, content.clone());
-                pack.add_tree(id, content, None);
-            }
+        out.push(match tag {
+            OBJECT_AS_STORED => Recorded::AsStored {
+                id,
+                crc: r.u32().ok_or_else(truncated)?,
+                bytes: r.part().ok_or_else(truncated)?,
+            },
+            TREE_WHOLE => Recorded::Whole {
+                id,
+                content: r.part().ok_or_else(truncated)?,
+            },
+            TREE_DELTA => Recorded::Delta {
+                id,
+                base: r.id().ok_or_else(truncated)?,
+                delta: r.part().ok_or_else(truncated)?,
+            },
             other => return Err(format!("unknown object tag {other}")),
+        });
+    }
+    Ok(out)
+}
+
+/// The trees recovery keeps as bases of the deltas still to apply.
+struct Bases {
+    trees: HashMap<ObjectId, Arc<Vec<u8>>>,
+    /// Deltas not applied yet, by base.
+    uses: HashMap<ObjectId, usize>,
+}
+
+impl Bases {
+    /// Keeps `content` of tree `id` if a delta still to apply needs it.
+    fn keep(&mut self, id: ObjectId, content: &Arc<Vec<u8>>) {
+        if self.uses.get(&id).is_some_and(|&n| n > 0) {
+            self.trees.insert(id, content.clone());
         }
+    }
+
+    /// Tree `id` for one delta: kept, else from `read_tree`; dropped after
+    /// its last delta.
+    fn take(&mut self, id: ObjectId, read_tree: &mut dyn FnMut(ObjectId) -> Option<Vec<u8>>) -> Option<Arc<Vec<u8>>> {
+        let content = match self.trees.get(&id) {
+            Some(content) => content.clone(),
+            None => Arc::new(read_tree(id)?),
+        };
+        let left = self.uses.entry(id).or_default();
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            self.trees.remove(&id);
+        } else {
+            self.trees.insert(id, content.clone());
+        }
+        Some(content)
+    }
+}
+
+/// The pack whose objects a record holds (`record`, see
+/// [`parse_objects`]): its checksum, bytes and index, the same bytes as the
+/// pack written then. A delta's base comes from `bases` or `read_tree`.
+fn rebuild(
+    record: &[Recorded<'_>],
+    bases: &mut Bases,
+    read_tree: &mut dyn FnMut(ObjectId) -> Option<Vec<u8>>,
+) -> Result<SealedPack, String> {
+    let mut pack = PackBuilder::default();
+    for object in record {
+        let (id, content) = match *object {
+            Recorded::AsStored { id, crc, bytes } => {
+                pack.add_copy(id, bytes, crc);
+                continue;
+            }
+            Recorded::Whole { id, content } => (id, content.to_vec()),
+            Recorded::Delta { id, base, delta } => {
+                let base = bases
+                    .take(base, read_tree)
+                    .ok_or_else(|| format!("the base {base} of tree {id} is missing"))?;
+                (
+                    id,
+                    delta::apply(&base, delta).ok_or_else(|| format!("the delta of tree {id} does not apply"))?,
+                )
+            }
+        };
+        if object_id(Kind::Tree, &content) != id {
+            return Err(format!("tree {id} rebuilds to other content"));
+        }
+        let content = Arc::new(content);
+        bases.keep(id, &content);
+        pack.add_tree(id, content, None);
     }
     Ok(pack.sealed())
 }
@@ -1095,6 +1186,57 @@ mod tests {
             assert_eq!(&fs::read(pack_dir.join(format!("{name}.pack")))?, bytes);
             assert_eq!(&fs::read(pack_dir.join(format!("{name}.idx")))?, index);
         }
+        Ok(())
+    }
+
+    /// Two directories that held the same tree (the same keys and values)
+    /// change apart in one group: both new trees are deltas against that
+    /// one tree, which no pack on disk holds yet (its pack waits in memory
+    /// for the refs to move). Recovery rebuilds both from the one base.
+    #[test]
+    fn a_tree_that_is_the_base_of_two_deltas_rebuilds_both() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = journal_path(dir.path(), "refs/gitcd/metadata/refs/heads/main");
+        let pack_dir = dir.path().join("pack");
+        let (mut j, _) = Journal::open(dir.path(), &path)?;
+        j.reset(BTreeMap::new(), false)?;
+        let record = |j: &mut Journal, trees: Vec<(Vec<u8>, Option<ObjectId>)>, n: u8| {
+            let mut pack = PackBuilder::default();
+            let ids: Vec<ObjectId> = trees
+                .into_iter()
+                .map(|(content, previous)| {
+                    let id = object_id(Kind::Tree, &content);
+                    pack.add_tree(id, Arc::new(content), previous);
+                    id
+                })
+                .collect();
+            let objects = j.encode(&pack);
+            j.note_trees(&pack);
+            let sealed = pack.sealed();
+            j.add_pack(&sealed.0, &objects);
+            j.commit(&[("refs/heads/main", id(n))]).map(|()| (ids, objects, sealed))
+        };
+        let (shared, ..) = record(&mut j, vec![(tree(2_000, 0, 1), None)], 1)?;
+        let (_, objects, second) = record(
+            &mut j,
+            vec![
+                (tree(2_000, 5, 2), Some(shared[0])),
+                (tree(2_000, 9, 3), Some(shared[0])),
+            ],
+            2,
+        )?;
+        let deltas = parse_objects(&objects)?
+            .iter()
+            .filter(|o| matches!(o, Recorded::Delta { base, .. } if *base == shared[0]))
+            .count();
+        assert_eq!(deltas, 2, "both trees are recorded as deltas against the one tree");
+        std::mem::forget(j);
+
+        let rec = read(&path)?.ok_or("records to recover")?;
+        let (written, removed) = restore_packs(&pack_dir, &rec, &mut |_| None)?;
+        assert_eq!((written, removed), (2, 0));
+        let name = format!("pack-{}", super::super::pack::hex(&second.0));
+        assert_eq!(fs::read(pack_dir.join(format!("{name}.pack")))?, second.1);
         Ok(())
     }
 
