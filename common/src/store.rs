@@ -194,6 +194,8 @@ pub enum CorruptError {
         #[source]
         source: crate::meta::ParseError,
     },
+    #[error("journaled log of acknowledged revisions {blob}: {why}")]
+    Deferred { blob: ObjectId, why: String },
     #[error("metadata commit {commit} has message {message:?}, not a revision")]
     Message { commit: ObjectId, message: String },
     #[error("metadata commit {commit} has {parents} parents (a metadata commit has 0 or 2)")]

@@ -114,6 +114,61 @@ async fn sigkill_loses_no_acknowledged_write() -> Result<()> {
     Ok(())
 }
 
+/// gitcd is killed while revisions are acknowledged and not yet in a commit
+/// (the journal holds them and a log of them): the next start commits them,
+/// and every acknowledged write is there, in a consistent repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_with_deferred_revisions_commits_them_at_the_next_start() -> Result<()> {
+    use common::repo::journal;
+    let dir = tempfile::tempdir()?;
+    let repo = dir.path().join("repo");
+    let log = dir.path().join("gitcd.log");
+    let meta_ref = "refs/gitcd/metadata/refs/heads/main";
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    for round in 0.. {
+        ensure!(round < 10, "no kill found revisions deferred");
+        let port = free_port()?;
+        let mut child = spawn_gitcd(&repo, port, &log)?;
+        let client = Client::ready(format!("127.0.0.1:{port}").parse()?)
+            .await
+            .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+        write_until_killed(&client, &mut child, &acked, &format!("/deferred/{round}"), 16, 300).await?;
+        let deferred = journal::read(&journal::journal_path(&repo, meta_ref))?
+            .and_then(|r| r.refs.get("gitcd:deferred").copied().flatten())
+            .is_some_and(|id| !id.is_null());
+        let before = std::fs::read_to_string(&log)?.len();
+        let port = free_port()?;
+        let mut child = spawn_gitcd(&repo, port, &log)?;
+        let mut c = Client::ready(format!("127.0.0.1:{port}").parse()?)
+            .await
+            .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+        let stored = stored(&mut c, "/deferred/").await?;
+        for (k, v) in acked.lock().expect("lock").iter() {
+            assert_eq!(
+                stored.get(k.as_bytes()).map(Vec::as_slice),
+                Some(v.as_bytes()),
+                "acknowledged {k} lost"
+            );
+        }
+        drop(c);
+        child.kill()?;
+        child.wait()?;
+        fsck(&repo, &["--no-dangling"]).await?;
+        let data = git(&repo, &["rev-parse", "refs/heads/main"])?;
+        let named = git(&repo, &["cat-file", "-p", &format!("{meta_ref}:data")])?;
+        assert_eq!(data.trim(), named.trim(), "data ref and metadata disagree");
+        if deferred {
+            let started = &std::fs::read_to_string(&log)?[before..];
+            ensure!(
+                started.contains("committing revisions acknowledged before a crash"),
+                "the start did not commit the deferred revisions: {started}"
+            );
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// gitcd is killed while writes queue, so its refs on disk are behind the
 /// journal; then someone commits on top of the lagging data ref. The next
 /// start merges that commit with the journaled writes: none is lost, the

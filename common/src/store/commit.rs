@@ -44,6 +44,19 @@ impl Writer {
         data: DataCommit<'_>,
         notes: &[String],
     ) -> Result<(), StorageError> {
+        self.write_revisions(revisions, data, notes, 0)
+    }
+
+    /// [`Writer::write_commits`], where the first `announced` revisions were
+    /// deferred (`Writer::defer_group`): their events are out, their
+    /// values' blobs written and counted.
+    fn write_revisions(
+        &mut self,
+        revisions: &[Arc<RevisionEvents>],
+        data: DataCommit<'_>,
+        notes: &[String],
+        announced: usize,
+    ) -> Result<(), StorageError> {
         let (Some(first), Some(last)) = (revisions.first(), revisions.last()) else {
             return Ok(());
         };
@@ -55,17 +68,24 @@ impl Writer {
         let mut finals: BTreeMap<&Bytes, Option<&Kv>> = BTreeMap::new();
         // The blob of each key's final value: the log names it.
         let mut blobs: HashMap<Bytes, ObjectId> = HashMap::new();
-        for c in revisions.iter().flat_map(|r| &r.changes) {
-            finals.insert(&c.key, c.new.as_ref());
-            let size = |kv: Option<&Kv>| kv.map_or(0, |kv| super::kv_bytes(&c.key, kv));
-            self.working.live_bytes += size(c.new.as_ref()) - size(c.prev.as_ref());
+        for (i, r) in revisions.iter().enumerate() {
+            for c in &r.changes {
+                finals.insert(&c.key, c.new.as_ref());
+                if i >= announced {
+                    let size = |kv: Option<&Kv>| kv.map_or(0, |kv| super::kv_bytes(&c.key, kv));
+                    self.working.live_bytes += size(c.new.as_ref()) - size(c.prev.as_ref());
+                }
+            }
         }
         for (key, new) in finals {
             let hex = meta::key_hex(key);
             match new {
                 Some(kv) => {
                     if !external {
-                        let blob = self.objects.write(Kind::Blob, &kv.value)?;
+                        let blob = match self.deferred_blobs.get(key) {
+                            Some(&(rev, id)) if rev == kv.meta.mod_revision => id,
+                            _ => self.objects.write(Kind::Blob, &kv.value)?,
+                        };
                         self.data_tree.put(&self.repo, &keys::encode(key), blob)?;
                         blobs.insert(key.clone(), blob);
                     }
@@ -116,7 +136,7 @@ impl Writer {
         self.data_head = Some(data);
         self.working.data_commit = data;
         self.known.insert(data);
-        self.pending_events.extend(revisions.iter().cloned());
+        self.pending_events.extend(revisions.iter().skip(announced).cloned());
         let log = logged.then(|| {
             // A key's last change in the group names the blob its value is
             // in (the data tree has it); earlier ones keep it inline.
@@ -153,7 +173,8 @@ impl Writer {
     pub(super) fn flush_group(&mut self) -> Result<(), StorageError> {
         let group = std::mem::take(&mut self.group);
         let notes = std::mem::take(&mut self.group_notes);
-        self.write_commits(&group, DataCommit::new(), &notes)
+        let announced = std::mem::take(&mut self.announced);
+        self.write_revisions(&group, DataCommit::new(), &notes, announced)
     }
 
     /// Writes the one revision in the group (a change set's, applied right
@@ -163,6 +184,7 @@ impl Writer {
     pub(super) fn write_own_commit(&mut self, own: &OwnCommit) -> Result<(), StorageError> {
         let group = std::mem::take(&mut self.group);
         let mut notes = std::mem::take(&mut self.group_notes);
+        let announced = std::mem::take(&mut self.announced);
         if !own.message.is_empty() {
             notes.insert(0, own.message.clone());
         }
@@ -172,16 +194,17 @@ impl Writer {
                 let tree = self.repo.commit(target)?.tree;
                 self.data_tree = TreeNode::load(&self.repo, tree)?;
                 // The metadata still needs each key's new bookkeeping.
-                self.write_commits(&group, DataCommit::Existing(target), &notes)
+                self.write_revisions(&group, DataCommit::Existing(target), &notes, announced)
             }
             ff => {
                 let parents: Vec<ObjectId> = own.parents.iter().copied().chain(ff).collect();
-                self.write_commits(
+                self.write_revisions(
                     &group,
                     DataCommit::New {
                         extra_parents: &parents,
                     },
                     &notes,
+                    announced,
                 )
             }
         }

@@ -76,6 +76,9 @@ impl Window {
 /// Rebuilds the events of revision `rev` from Git: the keys whose metadata
 /// blobs differ between revision `rev - 1` and `rev`.
 pub fn from_git(repo: &LocalRepo, index: &Revisions, rev: i64) -> Result<RevisionEvents, Error> {
+    if let Some(deferred) = index.deferred_at(rev) {
+        return Ok((*deferred).clone());
+    }
     let now = index.get(rev).ok_or(Error::Compacted)?;
     if let Some((group, first)) = now.group {
         return from_log(repo, index, (group, &index.log(repo, group)?), first, rev);

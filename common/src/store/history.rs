@@ -13,6 +13,23 @@ use crate::repo::{Kind, LocalRepo, tree};
 
 /// Every live key of `range` at revision `rev`, found through `revisions`.
 pub fn read_at(repo: &LocalRepo, revisions: &Revisions, rev: i64, range: &KeyRange) -> Result<Vec<(Bytes, Kv)>, Error> {
+    // Acknowledged, not yet committed: the state before them, then theirs.
+    let deferred = revisions.deferred();
+    if let Some(first) = deferred.first().map(|r| r.revision)
+        && rev >= first
+    {
+        let mut kvs: std::collections::BTreeMap<Bytes, Kv> =
+            read_at(repo, revisions, first - 1, range)?.into_iter().collect();
+        for r in deferred.iter().take_while(|r| r.revision <= rev) {
+            for c in r.changes.iter().filter(|c| range.contains(&c.key)) {
+                match &c.new {
+                    Some(kv) => kvs.insert(c.key.clone(), kv.clone()),
+                    None => kvs.remove(&c.key),
+                };
+            }
+        }
+        return Ok(kvs.into_iter().collect());
+    }
     let (commits, base) = {
         let index = revisions.index.read().expect("revision index lock is never poisoned");
         let commits = index.get(rev).ok_or(Error::Compacted)?;

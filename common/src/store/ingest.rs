@@ -43,15 +43,17 @@ impl Writer {
     }
 
     /// Takes in `theirs`, found on the data ref where this store had put
-    /// `ours_on_disk`. When the journal holds commits of this store not yet
-    /// on the ref and `theirs` was made on top of the ref (a push while the
+    /// `ours_on_disk`. When this store's head is ahead of the ref (commits
+    /// in the journal not on it yet) and `theirs` was made on top of the ref (a push while the
     /// ref was behind), it is merged like an upstream head: the ref's later
     /// commits must not undo writes already acknowledged. Otherwise its
     /// commits become revisions ([`Self::ingest`]).
     pub(super) fn take_in(&mut self, theirs: ObjectId, ours_on_disk: Option<ObjectId>) -> Result<(), StorageError> {
         // Merge bases are gix's walk, which reads the pack directory only.
         self.objects.write_out()?;
-        let ahead = self.unpublished.contains_key(&self.config.data_ref);
+        // Ahead of the ref: commits in the journal not on it yet, or
+        // deferred revisions just committed.
+        let ahead = self.data_head != ours_on_disk;
         let on_top = match ours_on_disk {
             Some(base) if ahead => self.repo.is_ancestor(base, theirs)?,
             _ => false,

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use gix::ObjectId;
 
+use super::apply::Change;
 use super::revisions::{RevisionCommits, RevisionIndex, parse_revisions};
-use super::writer::{MAX_BATCH, STALE_LOCK_PATIENCE, Writer};
+use super::writer::{DEFERRED_ENTRY, DEFERRED_HEADER, MAX_BATCH, STALE_LOCK_PATIENCE, Writer};
 use super::{CorruptError, Kv, Lease, RevisionEvents, Snapshot, StorageError, StoreConfig};
 use crate::keys;
 use crate::meta;
@@ -41,9 +42,9 @@ impl Writer {
             repo.git_dir(),
             &journal::journal_path(repo.git_dir(), &config.metadata_ref),
         )?;
-        let behind = match recovered {
+        let (behind, deferred) = match recovered {
             Some(recovered) => recover(&local, config, &recovered)?,
-            None => None,
+            None => (None, None),
         };
         let meta_ref = local.ref_target(&config.metadata_ref)?;
         let data_ref = local.ref_target(&config.data_ref)?;
@@ -54,6 +55,9 @@ impl Writer {
             None => w.initialize(data_ref)?,
             Some(m) => {
                 w.load(m)?;
+                if let Some(log) = deferred {
+                    w.replay_deferred(log)?;
+                }
                 w.reconcile(data_ref, behind)?;
             }
         }
@@ -331,6 +335,106 @@ impl Writer {
         })
     }
 
+    /// Commits the revisions a crash left acknowledged and uncommitted:
+    /// the journal's logs of them, newest `head` first, each naming the one
+    /// before. Those the loaded metadata already holds are skipped (a start
+    /// that crashed after committing them).
+    fn replay_deferred(&mut self, head: ObjectId) -> Result<(), StorageError> {
+        let loaded = self.working.revision;
+        let mut logs = Vec::new();
+        let mut at = Some(head);
+        while let Some(id) = at {
+            let content = self.repo.read(id, Kind::Blob)?;
+            let corrupt = |why: &str| CorruptError::Deferred {
+                blob: id,
+                why: why.to_owned(),
+            };
+            let rest = content
+                .strip_prefix(format!("{DEFERRED_HEADER}\nprevious ").as_bytes())
+                .ok_or_else(|| corrupt("no header"))?;
+            let end = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or_else(|| corrupt("no header"))?;
+            let previous = std::str::from_utf8(&rest[..end]).map_err(|_| corrupt("bad previous log"))?;
+            let repo = &self.repo;
+            let mut read_blob = |b: ObjectId| {
+                repo.read(b, Kind::Blob)
+                    .map(bytes::Bytes::from)
+                    .map_err(|e| meta::ParseError::new(crate::error::chain(&e).to_string()))
+            };
+            let log = meta::decode_log(&bytes::Bytes::copy_from_slice(&rest[end + 1..]), &mut read_blob)
+                .map_err(|e| corrupt(&e.to_string()))?;
+            let done = log.first().is_none_or(|r| r.revision <= loaded + 1);
+            logs.push(log);
+            at = match previous {
+                _ if done => None,
+                "none" => None,
+                hex => Some(ObjectId::from_hex(hex.as_bytes()).map_err(|_| corrupt("bad previous log"))?),
+            };
+        }
+        let revisions: Vec<meta::LogRevision> = logs
+            .into_iter()
+            .rev()
+            .flatten()
+            .filter(|r| r.revision > loaded)
+            .collect();
+        let Some(first) = revisions.first().map(|r| r.revision) else {
+            return Ok(());
+        };
+        if first != loaded + 1 {
+            return Err(CorruptError::Deferred {
+                blob: head,
+                why: format!("its revisions start at {first}, the metadata ends at {loaded}"),
+            }
+            .into());
+        }
+        for r in &revisions {
+            let mut changes = Vec::with_capacity(r.changes.len());
+            for c in &r.changes {
+                let prev = self.working.kvs.get(&c.key).cloned();
+                let new = c.new.clone().map(|(meta, value)| Kv { meta, value });
+                let lease_of = |kv: &Option<Kv>| kv.as_ref().map(|kv| kv.meta.lease).filter(|l| *l != 0);
+                let (old_lease, new_lease) = (lease_of(&prev), lease_of(&new));
+                if old_lease != new_lease {
+                    if let Some(l) = old_lease.and_then(|l| self.working.leases.get_mut(&l)) {
+                        l.keys.remove(&c.key);
+                    }
+                    if let Some(l) = new_lease.and_then(|l| self.working.leases.get_mut(&l)) {
+                        l.keys.insert(c.key.clone());
+                    }
+                }
+                match &new {
+                    Some(kv) => self.working.kvs.insert(c.key.clone(), kv.clone()),
+                    None => self.working.kvs.remove(&c.key),
+                };
+                changes.push(Change {
+                    key: c.key.clone(),
+                    prev,
+                    new,
+                });
+            }
+            self.working.revision = r.revision;
+            self.group.push(Arc::new(RevisionEvents {
+                revision: r.revision,
+                changes,
+            }));
+        }
+        tracing::warn!(
+            from = first,
+            to = self.working.revision,
+            "committing revisions acknowledged before a crash from the journal"
+        );
+        let meta_before = self.meta_head;
+        self.flush_group()?;
+        // The metadata ref moves here; the data ref follows in `reconcile`
+        // (a fast-forward, or a merge when someone else moved it).
+        let data = self.data_head;
+        self.persist(data, meta_before)?;
+        self.pending_events.clear();
+        Ok(())
+    }
+
     /// Brings a freshly loaded store and its data ref together: repairs a
     /// data ref that a crash left behind, or turns commits made by others
     /// into revisions; merges them when they were made on `behind`, a value
@@ -418,7 +522,14 @@ fn remove_torn_ref(local: &LocalRepo, name: &str) -> Result<bool, StorageError> 
 /// moved it meanwhile: that stays). Returns the value such a commit was
 /// made on when the journal names it (the ref lagged the journal then: the
 /// commit is merged, not taken as the new state).
-fn recover(local: &LocalRepo, config: &StoreConfig, recovered: &Recovered) -> Result<Option<ObjectId>, StorageError> {
+///
+/// Also returns the newest log of revisions acknowledged before their commit
+/// (see `Writer::defer_group`), when the journal names one.
+fn recover(
+    local: &LocalRepo,
+    config: &StoreConfig,
+    recovered: &Recovered,
+) -> Result<(Option<ObjectId>, Option<ObjectId>), StorageError> {
     let pack_dir = local.git_dir().join("objects").join("pack");
     let mut read_tree = |id| local.read(id, Kind::Tree).ok();
     let (written, removed) = journal::restore_packs(&pack_dir, recovered, &mut read_tree)?;
@@ -471,5 +582,11 @@ fn recover(local: &LocalRepo, config: &StoreConfig, recovered: &Recovered) -> Re
         refs_moved = ?moved,
         "recovered from the journal after an unclean stop"
     );
-    Ok(behind)
+    let deferred = recovered
+        .refs
+        .get(DEFERRED_ENTRY)
+        .copied()
+        .flatten()
+        .filter(|id| !id.is_null());
+    Ok((behind, deferred))
 }

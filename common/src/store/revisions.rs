@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use gix::ObjectId;
 
-use super::{Error, history};
+use super::{Error, RevisionEvents, history};
 use crate::meta::LogRevision;
 use crate::repo::LocalRepo;
 
@@ -96,6 +96,10 @@ impl RevisionIndex {
 pub struct Revisions {
     pub index: RwLock<RevisionIndex>,
     logs: Mutex<VecDeque<(ObjectId, Arc<Vec<LogRevision>>)>>,
+    /// Revisions acknowledged and not yet in a commit (the writer defers
+    /// the commit while writes queue): consecutive, after the index's last.
+    /// They leave once their commit is readable, after the index has them.
+    deferred: RwLock<Arc<Vec<Arc<RevisionEvents>>>>,
 }
 
 /// How many grouped commits' logs [`Revisions`] keeps parsed.
@@ -107,6 +111,28 @@ impl Revisions {
             .read()
             .expect("revision index lock is never poisoned")
             .get(revision)
+    }
+
+    /// The revisions acknowledged and not yet committed, oldest first.
+    pub fn deferred(&self) -> Arc<Vec<Arc<RevisionEvents>>> {
+        self.deferred
+            .read()
+            .expect("deferred revisions lock is never poisoned")
+            .clone()
+    }
+
+    /// The deferred revision `revision`, if it is one.
+    pub fn deferred_at(&self, revision: i64) -> Option<Arc<RevisionEvents>> {
+        let deferred = self.deferred();
+        let first = deferred.first()?.revision;
+        deferred.get(usize::try_from(revision - first).ok()?).cloned()
+    }
+
+    pub(super) fn set_deferred(&self, revisions: Vec<Arc<RevisionEvents>>) {
+        *self
+            .deferred
+            .write()
+            .expect("deferred revisions lock is never poisoned") = Arc::new(revisions);
     }
 
     /// The revisions recorded in grouped metadata commit `commit`.

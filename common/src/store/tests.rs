@@ -48,6 +48,23 @@ fn meta_messages(config: &StoreConfig) -> anyhow::Result<Vec<String>> {
     Ok(log.lines().map(str::to_owned).collect())
 }
 
+/// The metadata messages once the metadata ref on disk reaches `revision`
+/// (the writer moves it at most `PUBLISH_EVERY` after the answers).
+fn settled_messages(config: &StoreConfig, revision: i64) -> anyhow::Result<Vec<String>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let messages = meta_messages(config)?;
+        let reached = messages
+            .first()
+            .and_then(|m| parse_revisions(m.as_bytes()))
+            .is_some_and(|(_, last, _)| last >= revision);
+        if reached || std::time::Instant::now() >= deadline {
+            return Ok(messages);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Writes that queue up while a commit is made share the next one, never
 /// more than `max_commit_revisions` to a commit, and every revision stays
 /// exact.
@@ -68,7 +85,7 @@ async fn queued_writes_group_into_bounded_commits() -> anyhow::Result<()> {
     revisions.sort();
     assert_eq!(revisions, (2..66).collect::<Vec<_>>(), "one revision per write");
     let mut spans = Vec::new();
-    for m in meta_messages(&config)? {
+    for m in settled_messages(&config, 65)? {
         let (first, last, _) = parse_revisions(m.as_bytes()).expect("a revision message");
         spans.push(last - first + 1);
     }
@@ -123,7 +140,9 @@ async fn change_sets_commit_alone() -> anyhow::Result<()> {
         w.await??;
     }
     let rev = applied.revision.expect("the set changed keys");
-    let messages = meta_messages(&config)?;
+    // Writes queued with it may be committed (and the refs moved) up to
+    // PUBLISH_EVERY after their answers.
+    let messages = settled_messages(&config, rev + 20)?;
     assert!(
         messages.contains(&format!("{rev}-{rev}")),
         "revision {rev} alone in its commit (with the log of its two changes): {messages:?}"
@@ -415,6 +434,100 @@ async fn key_directories_split_as_they_grow() -> anyhow::Result<()> {
     assert_eq!(changed.new.as_ref().map(|kv| &kv.value[..]), Some(&b"changed"[..]));
     let deleted = &events[events.len() - 1].changes[0];
     assert!(deleted.prev.is_some() && deleted.new.is_none());
+    store.close();
+    Ok(())
+}
+
+/// Writes that queue while others are answered are acknowledged before
+/// their commit (the journal holds them): meanwhile each such revision
+/// reads back exactly (a Range at it, its events), the commit follows
+/// within `PUBLISH_EVERY`, and a reopened store has every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_revisions_read_back_and_get_committed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, config) = open(dir.path(), |_| {})?;
+    let get_at = |key: String, revision: i64| RangeRequest {
+        key: Bytes::from(key),
+        revision,
+        ..Default::default()
+    };
+    let mut keys = std::collections::BTreeMap::new();
+    let mut checked = 0;
+    for round in 0..200 {
+        let writes: Vec<_> = (0..32)
+            .map(|i| {
+                let (store, key) = (store.clone(), format!("/d/{round}/{i}"));
+                tokio::spawn(async move {
+                    let rev = store
+                        .put(put(&key, &format!("v{round}-{i}")))
+                        .await?
+                        .header
+                        .map_or(0, |h| h.revision);
+                    anyhow::Ok((rev, key))
+                })
+            })
+            .collect();
+        for w in writes {
+            let (rev, key) = w.await??;
+            keys.insert(rev, key);
+        }
+        let deferred = store.shared.revisions.deferred();
+        for r in deferred.iter().map(|r| r.revision) {
+            let key = keys[&r].clone();
+            let all = store
+                .range(RangeRequest {
+                    key: Bytes::from_static(b"/d/"),
+                    range_end: Bytes::from_static(b"/d0"),
+                    revision: r,
+                    count_only: true,
+                    ..Default::default()
+                })
+                .await?;
+            assert_eq!(all.count, r - 1, "keys at deferred revision {r}");
+            let at = store.range(get_at(key.clone(), r)).await?;
+            assert_eq!(at.kvs.len(), 1, "{key} at its revision {r}");
+            assert_eq!(at.kvs[0].mod_revision, r);
+            let before = store.range(get_at(key.clone(), r - 1)).await?;
+            assert!(before.kvs.is_empty(), "{key} before its revision {r}");
+            let events = events::from_git(&store.repo(), &store.shared.revisions, r)?;
+            assert_eq!(events.changes.len(), 1);
+            assert_eq!(events.changes[0].key, Bytes::from(key));
+            checked += 1;
+        }
+        if checked >= 64 {
+            break;
+        }
+    }
+    assert!(checked > 0, "no write was ever deferred");
+    let last = *keys.keys().last().expect("writes");
+    // The commit comes without further writes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !store.shared.revisions.deferred().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deferred revisions never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let spans: i64 = settled_messages(&config, last)?
+        .iter()
+        .map(|m| {
+            let (first, last, _) = parse_revisions(m.as_bytes()).expect("a revision message");
+            last - first + 1
+        })
+        .sum();
+    assert_eq!(spans, last, "every revision in exactly one commit");
+    store.close();
+    let (store, _) = open(dir.path(), |_| {})?;
+    for (rev, key) in keys.iter().step_by(97) {
+        let now = store.range(get_at(key.clone(), 0)).await?;
+        assert_eq!(
+            now.kvs.first().map(|kv| kv.mod_revision),
+            Some(*rev),
+            "{key} after reopening"
+        );
+    }
+    assert_eq!(store.snapshot().revision, last);
     store.close();
     Ok(())
 }

@@ -38,6 +38,14 @@ const MAX_GATHER: Duration = Duration::from_millis(50);
 /// file created and one freed. When nothing waits they move before the
 /// answer, as without a journal.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// Deferred revisions are committed once no batch came for this long (a
+/// burst ended), or at `PUBLISH_EVERY`.
+const IDLE_COMMIT: Duration = Duration::from_millis(2);
+/// The journal entry naming the newest log of deferred revisions (see
+/// [`Writer::defer_group`]); not a ref (no ref name has a colon).
+pub(super) const DEFERRED_ENTRY: &str = "gitcd:deferred";
+/// The first line of a log of deferred revisions.
+pub(super) const DEFERRED_HEADER: &str = "gitcd deferred revisions";
 
 /// What the writer's queue carries.
 pub(crate) enum Message {
@@ -56,6 +64,10 @@ pub(super) struct Durable {
     pub meta_head: Option<ObjectId>,
     pub auth_head: Option<ObjectId>,
     pub unpublished: Unpublished,
+    /// Revisions acknowledged and not yet in a commit, and the newest
+    /// journaled log of them.
+    pub group: Vec<Arc<RevisionEvents>>,
+    pub deferred_log: Option<ObjectId>,
 }
 
 /// Refs moved in the journal and not yet on disk: each one's value on disk
@@ -113,6 +125,14 @@ pub struct Writer {
     pub(super) group: Vec<Arc<RevisionEvents>>,
     /// What the next commit changes besides keys (lease grants, compaction).
     pub(super) group_notes: Vec<String>,
+    /// How many of `group`'s revisions are deferred: acknowledged, their
+    /// events handed out, their values' blobs written.
+    pub(super) announced: usize,
+    /// The newest journaled log of the deferred revisions.
+    deferred_log: Option<ObjectId>,
+    /// Each deferred key's newest value blob, by mod revision: its commit
+    /// names the blob without writing it again.
+    pub(super) deferred_blobs: std::collections::HashMap<bytes::Bytes, (i64, ObjectId)>,
     /// Lease clocks to start or stop once the batch is durable.
     lease_changes: Vec<LeaseChange>,
     /// Set by the ref watcher; cleared when the data ref is read.
@@ -184,6 +204,9 @@ impl Writer {
             pending_events: Vec::new(),
             group: Vec::new(),
             group_notes: Vec::new(),
+            announced: 0,
+            deferred_log: None,
+            deferred_blobs: Default::default(),
             lease_changes: Vec::new(),
             refs_changed: Arc::new(AtomicBool::new(false)),
             needs_reload: false,
@@ -219,6 +242,8 @@ impl Writer {
             meta_head: self.meta_head,
             auth_head: self.auth_head,
             unpublished: self.unpublished.clone(),
+            group: self.group.clone(),
+            deferred_log: self.deferred_log,
         });
     }
 
@@ -226,6 +251,7 @@ impl Writer {
     /// [`super::Store`] handle is dropped.
     pub fn run(mut self, shared: Arc<Shared>, queue: Receiver<Message>) {
         let mut last_ref_read = Instant::now();
+        let mut last_batch = Instant::now();
         let mut stopping = false;
         // How long the last group took to write, and whether its trees
         // were large.
@@ -239,8 +265,11 @@ impl Writer {
                 .next_deadline();
             let poll_due = last_ref_read + self.config.poll_interval;
             let mut wake = next_expiry.map_or(poll_due, |d| d.min(poll_due));
-            if !self.unpublished.is_empty() {
+            if !self.unpublished.is_empty() || !self.group.is_empty() {
                 wake = wake.min(self.published_at + PUBLISH_EVERY);
+            }
+            if !self.group.is_empty() {
+                wake = wake.min(last_batch + IDLE_COMMIT);
             }
             let mut batch: Vec<Box<dyn Job>> = Vec::new();
             match queue.recv_timeout(wake.saturating_duration_since(now)) {
@@ -286,25 +315,38 @@ impl Writer {
             if read_refs {
                 last_ref_read = Instant::now();
             }
-            if batch.is_empty() && !read_refs {
-                if !self.unpublished.is_empty() && Instant::now() >= self.published_at + PUBLISH_EVERY {
+            let due = Instant::now() >= self.published_at + PUBLISH_EVERY;
+            // Deferred revisions get their commit once it is due.
+            let commit_due = !self.group.is_empty() && (due || Instant::now() >= last_batch + IDLE_COMMIT);
+            if batch.is_empty() && !read_refs && !commit_due {
+                if !self.unpublished.is_empty() && due {
                     self.publish_refs_idle();
                 }
                 continue;
             }
+            // More than one client waiting is what makes a commit worth
+            // deferring: the next batch is coming. Once deferring, it goes
+            // on until the commit is due or the writes pause.
+            let defer = !stopping
+                && (batch.len() > 1 || self.queued.load(Ordering::Relaxed) > 0 || !self.group.is_empty())
+                && !batch.is_empty();
             let (started, trees_before) = (Instant::now(), self.objects.tree_bytes_written());
-            self.run_batch(&shared, batch, read_refs);
+            self.run_batch(&shared, batch, read_refs, defer);
+            last_batch = Instant::now();
             last_cost = started.elapsed();
             large_trees = self.objects.tree_bytes_written() - trees_before >= GATHER_TREES;
         }
         // The journal's clean checkpoint at drop needs the refs on disk; a
         // data ref moved meanwhile is merged first.
+        if !self.group.is_empty() {
+            self.run_batch(&shared, Vec::new(), false, false);
+        }
         for _ in 0..MAX_CONFLICT_RETRIES {
             self.publish_refs_idle();
             if self.unpublished.is_empty() || !self.refs_changed.swap(false, Ordering::Acquire) {
                 break;
             }
-            self.run_batch(&shared, Vec::new(), true);
+            self.run_batch(&shared, Vec::new(), true, false);
         }
     }
 
@@ -352,7 +394,7 @@ impl Writer {
         Ok(())
     }
 
-    fn run_batch(&mut self, shared: &Shared, mut batch: Vec<Box<dyn Job>>, mut read_refs: bool) {
+    fn run_batch(&mut self, shared: &Shared, mut batch: Vec<Box<dyn Job>>, mut read_refs: bool, defer: bool) {
         let mut attempt = 0;
         let failure = loop {
             if self.needs_reload {
@@ -365,7 +407,7 @@ impl Writer {
                     Err(e) => break Some(Error::from(e)),
                 }
             }
-            match self.try_batch(&mut batch, read_refs) {
+            match self.try_batch(&mut batch, read_refs, defer) {
                 Ok(()) => {
                     self.mark_durable();
                     self.publish(shared);
@@ -457,6 +499,7 @@ impl Writer {
     fn rollback(&mut self) -> Result<(), StorageError> {
         self.pending_events.clear();
         self.group.clear();
+        self.announced = 0;
         self.group_notes.clear();
         self.lease_changes.clear();
         self.auth_pending = None;
@@ -477,6 +520,11 @@ impl Writer {
         if repo_meta == ours_on_disk {
             self.unpublished = durable.unpublished;
             self.working = durable.snapshot;
+            // Deferred revisions were acknowledged: they stay.
+            self.announced = durable.group.len();
+            self.revisions.set_deferred(durable.group.clone());
+            self.group = durable.group;
+            self.deferred_log = durable.deferred_log;
             self.data_head = Some(durable.data_head);
             self.meta_head = durable.meta_head;
             self.auth_head = durable.auth_head;
@@ -488,6 +536,16 @@ impl Writer {
             };
         } else if let Some(m) = repo_meta {
             // Someone else wrote metadata: start over from it.
+            if !durable.group.is_empty() {
+                tracing::error!(
+                    revisions = durable.group.len(),
+                    metadata_ref = %self.config.metadata_ref,
+                    "someone else moved the metadata ref: dropping the revisions acknowledged and not yet committed"
+                );
+            }
+            self.revisions.set_deferred(Vec::new());
+            self.deferred_log = None;
+            self.deferred_blobs.clear();
             self.unpublished.clear();
             self.objects.refs_behind(false);
             self.load(m)?;
@@ -500,7 +558,7 @@ impl Writer {
     /// Applies `batch` in order on top of the durable state and makes the
     /// result durable. The data ref is read first when `read_refs` (someone
     /// may have moved it); otherwise a move shows as a ref conflict.
-    fn try_batch(&mut self, batch: &mut [Box<dyn Job>], read_refs: bool) -> Result<(), Error> {
+    fn try_batch(&mut self, batch: &mut [Box<dyn Job>], read_refs: bool, defer: bool) -> Result<(), Error> {
         let durable = self.durable.clone().expect("an open store is durable");
         // What this store last put on disk (its durable head unless the
         // journal holds newer commits).
@@ -518,12 +576,36 @@ impl Writer {
         if data_ref != ours_on_disk
             && let Some(theirs) = data_ref
         {
+            // Revisions acknowledged before are committed first; theirs
+            // merge onto them.
+            if !self.group.is_empty() {
+                self.flush_group()?;
+                self.objects.sync()?;
+            }
             self.take_in(theirs, ours_on_disk)?;
             wrote = true;
         }
         for job in batch.iter_mut() {
             wrote |= self.apply_job(&mut **job, &mut auth_notes)?;
         }
+        // A batch that changed keys only, while more writes come, is made
+        // durable by the journal alone; its commit waits for the next ones'.
+        let committed_nothing = self.data_head == Some(durable.data_head)
+            && self.meta_head == durable.meta_head
+            && self.auth_pending.is_none();
+        if defer
+            && committed_nothing
+            && self.objects.journaled()
+            && auth_notes.is_empty()
+            && self.group_notes.is_empty()
+            && self.published_at.elapsed() < PUBLISH_EVERY
+        {
+            if wrote {
+                self.defer_group()?;
+            }
+            return Ok(());
+        }
+        wrote |= !self.group.is_empty();
         self.flush_group()?;
         if !auth_notes.is_empty() {
             self.write_auth_commit(&auth_notes)?;
@@ -591,6 +673,55 @@ impl Writer {
         }
     }
 
+    /// Makes the revisions applied since the last call durable without a
+    /// commit: their values' blobs and a log of them (the `log` format of a
+    /// grouped commit, every value named by its blob, after a line naming
+    /// the log before) go to the journal, whose entry [`DEFERRED_ENTRY`]
+    /// names the newest log. Their events are handed out now; the commit
+    /// that holds them comes with a later batch, and a start after a crash
+    /// makes it from the logs (`Writer::replay_deferred`).
+    fn defer_group(&mut self) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let new: Vec<Arc<RevisionEvents>> = self.group[self.announced..].to_vec();
+        let mut log = Vec::with_capacity(new.len());
+        for r in &new {
+            let mut changes = Vec::with_capacity(r.changes.len());
+            for c in &r.changes {
+                let size = |kv: Option<&super::Kv>| kv.map_or(0, |kv| super::kv_bytes(&c.key, kv));
+                self.working.live_bytes += size(c.new.as_ref()) - size(c.prev.as_ref());
+                let blob = match &c.new {
+                    Some(kv) => {
+                        let id = self.objects.write(crate::repo::Kind::Blob, &kv.value)?;
+                        self.deferred_blobs.insert(c.key.clone(), (kv.meta.mod_revision, id));
+                        Some(id)
+                    }
+                    None => None,
+                };
+                changes.push(crate::meta::LogChange {
+                    key: c.key.clone(),
+                    new: c.new.as_ref().map(|kv| (kv.meta, kv.value.clone())),
+                    blob,
+                });
+            }
+            log.push(crate::meta::LogRevision {
+                revision: r.revision,
+                changes,
+            });
+        }
+        let previous = self.deferred_log.map_or_else(|| "none".to_owned(), |id| id.to_string());
+        let mut content = format!("{DEFERRED_HEADER}\nprevious {previous}\n").into_bytes();
+        content.extend(crate::meta::encode_log(&log));
+        let id = self.objects.write(crate::repo::Kind::Blob, &content)?;
+        self.objects.sync()?;
+        self.objects.commit(&[(DEFERRED_ENTRY, id)])?;
+        self.deferred_log = Some(id);
+        self.pending_events.extend(new);
+        self.announced = self.group.len();
+        self.revisions.set_deferred(self.group.clone());
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// Makes everything written durable and moves the refs from what they
     /// were (`data_before`, `meta_before`) to the new heads, atomically with
     /// compare-and-swap.
@@ -641,9 +772,19 @@ impl Writer {
         if !self.objects.journaled() || !waiting || self.published_at.elapsed() >= PUBLISH_EVERY {
             self.publish_refs()?;
         }
-        let moved: Vec<(&str, ObjectId)> = moved.iter().map(|(name, id)| (name.as_str(), *id)).collect();
+        let mut moved: Vec<(&str, ObjectId)> = moved.iter().map(|(name, id)| (name.as_str(), *id)).collect();
+        // The deferred revisions are in these commits now.
+        let was_deferred = self.group.is_empty() && self.deferred_log.is_some();
+        if was_deferred {
+            moved.push((DEFERRED_ENTRY, ObjectId::null(gix::hash::Kind::Sha1)));
+        }
         self.objects.refs_behind(!self.unpublished.is_empty());
         self.objects.commit(&moved)?;
+        if was_deferred {
+            self.deferred_log = None;
+            self.deferred_blobs.clear();
+            self.revisions.set_deferred(Vec::new());
+        }
         self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
