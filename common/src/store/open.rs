@@ -55,8 +55,11 @@ impl Writer {
             None => w.initialize(data_ref)?,
             Some(m) => {
                 w.load(m)?;
-                if let Some(log) = deferred {
-                    w.replay_deferred(log)?;
+                let mut behind = behind;
+                if let Some(log) = deferred
+                    && let Some(before) = w.replay_deferred(log)?
+                {
+                    behind = behind.or(Some(before));
                 }
                 w.reconcile(data_ref, behind)?;
             }
@@ -338,8 +341,11 @@ impl Writer {
     /// Commits the revisions a crash left acknowledged and uncommitted:
     /// the journal's logs of them, newest `head` first, each naming the one
     /// before. Those the loaded metadata already holds are skipped (a start
-    /// that crashed after committing them).
-    fn replay_deferred(&mut self, head: ObjectId) -> Result<(), StorageError> {
+    /// that crashed after committing them). Returns the data commit the
+    /// store was at before, when it committed any: the data ref on disk is
+    /// behind the new one, and a commit someone made on top of it meanwhile
+    /// must be merged, not taken as the new state (see [`Self::reconcile`]).
+    fn replay_deferred(&mut self, head: ObjectId) -> Result<Option<ObjectId>, StorageError> {
         let loaded = self.working.revision;
         let mut logs = Vec::new();
         let mut at = Some(head);
@@ -380,7 +386,7 @@ impl Writer {
             .filter(|r| r.revision > loaded)
             .collect();
         let Some(first) = revisions.first().map(|r| r.revision) else {
-            return Ok(());
+            return Ok(None);
         };
         if first != loaded + 1 {
             return Err(CorruptError::Deferred {
@@ -425,14 +431,14 @@ impl Writer {
             to = self.working.revision,
             "committing revisions acknowledged before a crash from the journal"
         );
-        let meta_before = self.meta_head;
+        let (meta_before, data_before) = (self.meta_head, self.data_head);
         self.flush_group()?;
         // The metadata ref moves here; the data ref follows in `reconcile`
         // (a fast-forward, or a merge when someone else moved it).
         let data = self.data_head;
         self.persist(data, meta_before)?;
         self.pending_events.clear();
-        Ok(())
+        Ok(data_before)
     }
 
     /// Brings a freshly loaded store and its data ref together: repairs a
