@@ -9,6 +9,7 @@ pub mod gitopper;
 pub mod http;
 pub mod keys;
 pub mod lease;
+pub mod memory;
 pub mod merge;
 pub mod meta;
 pub mod prepare;

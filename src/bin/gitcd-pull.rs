@@ -22,6 +22,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    common::memory::return_large_buffers();
     let cli: Cli = cli::parse();
     cli.log.init();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "gitcd-pull starting");

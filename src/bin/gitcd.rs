@@ -56,6 +56,7 @@ struct RestoreArgs {
 }
 
 fn main() -> ExitCode {
+    common::memory::return_large_buffers();
     let cli: Cli = cli::parse();
     cli.log.init();
     match cli.command {
