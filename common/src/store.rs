@@ -335,6 +335,26 @@ impl Snapshot {
     pub fn alarmed(&self, alarm: i32) -> bool {
         self.alarms.iter().any(|(_, a)| *a == alarm)
     }
+
+    /// Sets `key` to `new`, or deletes it, keeping each lease's set of keys
+    /// in step; returns the change, with the value it replaced.
+    pub(crate) fn set(&mut self, key: Bytes, new: Option<Kv>) -> apply::Change {
+        let prev = match &new {
+            Some(kv) => self.kvs.insert(key.clone(), kv.clone()),
+            None => self.kvs.remove(&key),
+        };
+        let lease_of = |kv: &Option<Kv>| kv.as_ref().map(|kv| kv.meta.lease).filter(|l| *l != 0);
+        let (old_lease, new_lease) = (lease_of(&prev), lease_of(&new));
+        if old_lease != new_lease {
+            if let Some(l) = old_lease.and_then(|l| self.leases.get_mut(&l)) {
+                l.keys.remove(&key);
+            }
+            if let Some(l) = new_lease.and_then(|l| self.leases.get_mut(&l)) {
+                l.keys.insert(key.clone());
+            }
+        }
+        apply::Change { key, prev, new }
+    }
 }
 
 /// A granted lease.

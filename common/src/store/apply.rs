@@ -143,10 +143,14 @@ impl<'a> Apply<'a> {
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(Error::KeyNotFound);
         }
+        // A request's key and value are slices of the buffer its message was
+        // decoded from (several KiB): the store keeps copies of their own
+        // size, not the whole buffer for as long as the key lives.
         let value = match (&prev, req.ignore_value) {
             (Some(p), true) => p.value.clone(),
-            _ => req.value.clone(),
+            _ => Bytes::copy_from_slice(&req.value),
         };
+        let key = Bytes::copy_from_slice(&req.key);
         let lease = match (&prev, req.ignore_lease) {
             (Some(p), true) => p.meta.lease,
             _ => req.lease,
@@ -168,40 +172,17 @@ impl<'a> Apply<'a> {
                 time,
             },
         };
-        let kv = Kv { meta, value };
-        self.attach(&req.key, prev.as_ref().map(|p| p.meta.lease), Some(lease));
-        self.state.kvs.insert(req.key.clone(), kv.clone());
         let prev_kv = if req.prev_kv {
-            prev.as_ref().map(|p| p.to_proto(&req.key))
+            prev.as_ref().map(|p| p.to_proto(&key))
         } else {
             None
         };
-        self.changes.push(Change {
-            key: req.key.clone(),
-            prev,
-            new: Some(kv),
-        });
+        let change = self.state.set(key, Some(Kv { meta, value }));
+        self.changes.push(change);
         Ok(PutResponse {
             header: header(rev),
             prev_kv,
         })
-    }
-
-    /// Moves `key` from lease `old` to lease `new` in the lease index.
-    fn attach(&mut self, key: &Bytes, old: Option<i64>, new: Option<i64>) {
-        if old == new {
-            return;
-        }
-        if let Some(old) = old.filter(|l| *l != 0)
-            && let Some(l) = self.state.leases.get_mut(&old)
-        {
-            l.keys.remove(key);
-        }
-        if let Some(new) = new.filter(|l| *l != 0)
-            && let Some(l) = self.state.leases.get_mut(&new)
-        {
-            l.keys.insert(key.clone());
-        }
     }
 
     pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> DeleteRangeResponse {
@@ -216,14 +197,9 @@ impl<'a> Apply<'a> {
             Vec::new()
         };
         let deleted = doomed.len() as i64;
-        for (key, kv) in doomed {
-            self.attach(&key, Some(kv.meta.lease), None);
-            self.state.kvs.remove(&key);
-            self.changes.push(Change {
-                key,
-                prev: Some(kv),
-                new: None,
-            });
+        for (key, _) in doomed {
+            let change = self.state.set(key, None);
+            self.changes.push(change);
         }
         let revision = if deleted != 0 || !self.changes.is_empty() {
             self.next()
@@ -858,6 +834,31 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(a.put(&leased), Err(Error::LeaseNotFound)));
+        Ok(())
+    }
+
+    /// A request's key and value are slices of the buffer its message was
+    /// decoded from; what the store keeps must not hold that buffer.
+    #[test]
+    fn a_put_keeps_its_own_copies_of_key_and_value() -> Result<(), Error> {
+        let mut s = state();
+        let history = no_history;
+        let mut a = Apply::new(&mut s, &history);
+        let message = Bytes::from(vec![b'k'; 8192]);
+        a.put(&PutRequest {
+            key: message.slice(0..4),
+            value: message.slice(4..260),
+            ..Default::default()
+        })?;
+        let inside = |b: &Bytes| message.as_ptr_range().contains(&b.as_ptr());
+        let (key, kv) = a.state.kvs.get_key_value(&message.slice(0..4)).expect("the put key");
+        assert!(
+            !inside(key) && !inside(&kv.value),
+            "the store holds slices of the request"
+        );
+        let change = a.changes.last().expect("the put's change");
+        assert!(!inside(&change.key));
+        assert_eq!((key.len(), kv.value.len()), (4, 256));
         Ok(())
     }
 

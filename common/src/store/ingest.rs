@@ -9,7 +9,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gix::ObjectId;
 
-use super::apply::Change;
 use super::commit::DataCommit;
 use super::writer::Writer;
 use super::{Kv, RevisionEvents, StorageError};
@@ -153,25 +152,11 @@ impl Writer {
                                 time,
                             },
                         };
-                        let kv = Kv { meta: m, value };
-                        self.working.kvs.insert(key.clone(), kv.clone());
-                        changes.push(Change {
-                            key,
-                            prev,
-                            new: Some(kv),
-                        });
+                        changes.push(self.working.set(key, Some(Kv { meta: m, value })));
                     }
                     None => {
-                        if let Some(p) = prev {
-                            if let Some(l) = self.working.leases.get_mut(&p.meta.lease) {
-                                l.keys.remove(&key);
-                            }
-                            self.working.kvs.remove(&key);
-                            changes.push(Change {
-                                key,
-                                prev: Some(p),
-                                new: None,
-                            });
+                        if prev.is_some() {
+                            changes.push(self.working.set(key, None));
                         }
                     }
                 }

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use gix::ObjectId;
 
-use super::apply::Change;
 use super::revisions::{RevisionCommits, RevisionIndex, parse_revisions};
 use super::writer::{DEFERRED_ENTRY, DEFERRED_HEADER, MAX_BATCH, STALE_LOCK_PATIENCE, Writer};
 use super::{CorruptError, Kv, Lease, RevisionEvents, Snapshot, StorageError, StoreConfig};
@@ -396,30 +395,14 @@ impl Writer {
             .into());
         }
         for r in &revisions {
-            let mut changes = Vec::with_capacity(r.changes.len());
-            for c in &r.changes {
-                let prev = self.working.kvs.get(&c.key).cloned();
-                let new = c.new.clone().map(|(meta, value)| Kv { meta, value });
-                let lease_of = |kv: &Option<Kv>| kv.as_ref().map(|kv| kv.meta.lease).filter(|l| *l != 0);
-                let (old_lease, new_lease) = (lease_of(&prev), lease_of(&new));
-                if old_lease != new_lease {
-                    if let Some(l) = old_lease.and_then(|l| self.working.leases.get_mut(&l)) {
-                        l.keys.remove(&c.key);
-                    }
-                    if let Some(l) = new_lease.and_then(|l| self.working.leases.get_mut(&l)) {
-                        l.keys.insert(c.key.clone());
-                    }
-                }
-                match &new {
-                    Some(kv) => self.working.kvs.insert(c.key.clone(), kv.clone()),
-                    None => self.working.kvs.remove(&c.key),
-                };
-                changes.push(Change {
-                    key: c.key.clone(),
-                    prev,
-                    new,
-                });
-            }
+            let changes = r
+                .changes
+                .iter()
+                .map(|c| {
+                    let new = c.new.clone().map(|(meta, value)| Kv { meta, value });
+                    self.working.set(c.key.clone(), new)
+                })
+                .collect();
             self.working.revision = r.revision;
             self.group.push(Arc::new(RevisionEvents {
                 revision: r.revision,
@@ -434,7 +417,10 @@ impl Writer {
         let (meta_before, data_before) = (self.meta_head, self.data_head);
         self.flush_group()?;
         // The metadata ref moves here; the data ref follows in `reconcile`
-        // (a fast-forward, or a merge when someone else moved it).
+        // (a fast-forward, or a merge when someone else moved it). A crash
+        // between the two replays again: the journal is not started yet, so
+        // the next start recovers from the same records, which move the
+        // metadata ref back to its journaled value and name the same log.
         let data = self.data_head;
         self.persist(data, meta_before)?;
         self.pending_events.clear();
