@@ -250,7 +250,7 @@ impl ObjectWriter {
 
     /// Makes every object written so far durable and visible, as one pack.
     pub fn sync(&mut self) -> Result<(), RepoError> {
-        let pack = std::mem::take(&mut self.pending);
+        let pack = self.pending.take();
         self.tree_bytes += pack.tree_bytes() as u64;
         let journal = self.journal.as_mut().zip(self.fresh.as_deref());
         self.packs.write(pack, journal)?;
@@ -262,7 +262,7 @@ impl ObjectWriter {
 
     /// Drops objects not yet synced (a failed group).
     pub fn discard(&mut self) {
-        self.pending = PackBuilder::default();
+        self.pending.take();
         if let Some(j) = &mut self.journal {
             j.discard();
         }

@@ -24,7 +24,9 @@ pub struct PackBuilder {
     /// In pack order.
     entries: Vec<Entry>,
     ids: HashSet<ObjectId>,
-    deflate: flate2::Compress,
+    /// Set up on the first deflate (its state is a few hundred KiB to
+    /// allocate and clear) and handed on by [`PackBuilder::take`].
+    deflate: Option<flate2::Compress>,
     /// Bytes of tree contents kept for folding.
     tree_bytes: usize,
 }
@@ -76,13 +78,22 @@ impl Default for PackBuilder {
             data,
             entries: Vec::new(),
             ids: HashSet::new(),
-            deflate: flate2::Compress::new(flate2::Compression::fast(), true),
+            deflate: None,
             tree_bytes: 0,
         }
     }
 }
 
 impl PackBuilder {
+    /// Takes the pack built so far and leaves this builder empty, keeping
+    /// its deflate state for the next pack (a writer builds one per group).
+    pub fn take(&mut self) -> PackBuilder {
+        let deflate = self.deflate.take();
+        let pack = std::mem::take(self);
+        self.deflate = deflate;
+        pack
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -183,16 +194,18 @@ impl PackBuilder {
     }
 
     fn deflate_in(&mut self, data: &[u8]) {
-        self.deflate.reset();
+        let deflate = self
+            .deflate
+            .get_or_insert_with(|| flate2::Compress::new(flate2::Compression::fast(), true));
+        deflate.reset();
         let mut input = data;
         loop {
             self.data.reserve(input.len() + 64);
-            let before_in = self.deflate.total_in();
-            let status = self
-                .deflate
+            let before_in = deflate.total_in();
+            let status = deflate
                 .compress_vec(input, &mut self.data, flate2::FlushCompress::Finish)
                 .expect("deflating into memory does not fail");
-            input = &input[(self.deflate.total_in() - before_in) as usize..];
+            input = &input[(deflate.total_in() - before_in) as usize..];
             if status == flate2::Status::StreamEnd {
                 break;
             }
