@@ -376,6 +376,11 @@ impl Folder {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        // A clean stop folds what waits: a group pack keeps its trees whole
+        // and undeflated, and a consolidation would copy them as they are.
+        if !self.waiting.is_empty() {
+            self.fold();
+        }
         if let Some(c) = self.consolidation.take() {
             let _ = c.join();
         }
@@ -390,16 +395,21 @@ impl Folder {
             .unzip();
         let mut folded = pack::fold(&packs);
         drop(packs);
-        if let Err(e) = folded.finish(&self.pack_dir) {
-            tracing::warn!(error = %crate::error::chain(&e), "cannot write a folded pack; keeping the packs it folds");
-            return;
-        }
+        let written = match folded.finish(&self.pack_dir) {
+            Ok(path) => path,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "cannot write a folded pack; keeping the packs it folds");
+                return;
+            }
+        };
         // A `git gc` under way may be reading them: its repack deletes what
         // it packed, and a later consolidation copies the rest once.
         let keep = git_gc_running(&self.pack_dir);
         let mut unfolded = self.unfolded.lock().expect("pack set lock is never poisoned");
         for pack in paths {
-            if !keep {
+            // A fold that changed nothing (one pack of blobs) is that pack,
+            // under the same name.
+            if !keep && pack != written {
                 remove_pack(&pack);
             }
             unfolded.remove(&pack);
@@ -808,6 +818,72 @@ mod tests {
                 content
             );
         }
+        Ok(())
+    }
+
+    /// The group packs written before the writer stops are folded into
+    /// one, trees as deltas, before the folder ends.
+    #[test]
+    fn a_clean_stop_folds_the_waiting_group_packs() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let w = dir.path().to_str().expect("a UTF-8 temp path");
+        git(&["init", "-q", "--bare", w])?;
+        let pack_dir = dir.path().join("objects/pack");
+        let packs = Packs::new(dir.path(), Maintenance::Auto);
+        assert!(packs.maintains());
+        let (mut entries, mut previous, mut trees) = (Vec::new(), None, Vec::new());
+        for g in 0..3u8 {
+            let mut pack = PackBuilder::default();
+            let blob = vec![g; 100];
+            let blob_id = object_id(Kind::Blob, &blob);
+            pack.add(blob_id, Kind::Blob, &blob);
+            for i in 0..40u8 {
+                entries.extend_from_slice(format!("100644 g{g}-{i:02}\0").as_bytes());
+                entries.extend_from_slice(blob_id.as_bytes());
+            }
+            let tree = object_id(Kind::Tree, &entries);
+            pack.add_tree(tree, std::sync::Arc::new(entries.clone()), previous);
+            previous = Some(tree);
+            trees.push((tree, entries.clone()));
+            packs.write(pack, None)?;
+        }
+        assert_eq!(packs_in(&pack_dir)?.len(), 3, "fewer than FOLD_AFTER groups wait");
+        drop(packs);
+        let left = packs_in(&pack_dir)?;
+        assert_eq!(left.len(), 1, "folded at the stop: {left:?}");
+        let verified = git(&[
+            "--git-dir",
+            w,
+            "verify-pack",
+            "-v",
+            &left[0].with_extension("idx").display().to_string(),
+        ])?;
+        assert!(
+            verified.contains("chain length = 1:"),
+            "trees became deltas: {verified}"
+        );
+        for (id, content) in &trees {
+            assert_eq!(&cat_file(dir.path(), "tree", *id)?, content);
+        }
+        Ok(())
+    }
+
+    /// A fold of one pack of blobs is that same pack, under its name: it
+    /// stays.
+    #[test]
+    fn a_fold_that_changes_nothing_keeps_its_pack() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let w = dir.path().to_str().expect("a UTF-8 temp path");
+        git(&["init", "-q", "--bare", w])?;
+        let packs = Packs::new(dir.path(), Maintenance::Auto);
+        let mut pack = PackBuilder::default();
+        let blob = vec![7u8; 100];
+        let id = object_id(Kind::Blob, &blob);
+        pack.add(id, Kind::Blob, &blob);
+        packs.write(pack, None)?;
+        drop(packs);
+        assert_eq!(packs_in(&dir.path().join("objects/pack"))?.len(), 1);
+        assert_eq!(cat_file(dir.path(), "blob", id)?, blob);
         Ok(())
     }
 
