@@ -821,16 +821,23 @@ mod tests {
         Ok(())
     }
 
+    /// A bare repository made by git, and its packs with this process as
+    /// their maintainer.
+    fn maintained_bare_repo() -> anyhow::Result<(tempfile::TempDir, Packs)> {
+        let dir = tempfile::tempdir()?;
+        git(&["init", "-q", "--bare", dir.path().to_str().expect("a UTF-8 temp path")])?;
+        let packs = Packs::new(dir.path(), Maintenance::Auto);
+        assert!(packs.maintains());
+        Ok((dir, packs))
+    }
+
     /// The group packs written before the writer stops are folded into
     /// one, trees as deltas, before the folder ends.
     #[test]
     fn a_clean_stop_folds_the_waiting_group_packs() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
+        let (dir, packs) = maintained_bare_repo()?;
         let w = dir.path().to_str().expect("a UTF-8 temp path");
-        git(&["init", "-q", "--bare", w])?;
         let pack_dir = dir.path().join("objects/pack");
-        let packs = Packs::new(dir.path(), Maintenance::Auto);
-        assert!(packs.maintains());
         let (mut entries, mut previous, mut trees) = (Vec::new(), None, Vec::new());
         for g in 0..3u8 {
             let mut pack = PackBuilder::default();
@@ -872,10 +879,7 @@ mod tests {
     /// stays.
     #[test]
     fn a_fold_that_changes_nothing_keeps_its_pack() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let w = dir.path().to_str().expect("a UTF-8 temp path");
-        git(&["init", "-q", "--bare", w])?;
-        let packs = Packs::new(dir.path(), Maintenance::Auto);
+        let (dir, packs) = maintained_bare_repo()?;
         let mut pack = PackBuilder::default();
         let blob = vec![7u8; 100];
         let id = object_id(Kind::Blob, &blob);
