@@ -713,6 +713,7 @@ mod tests {
     use super::super::objects::object_id;
     use super::super::{Kind, Repo};
     use super::*;
+    use gix::ObjectId;
 
     fn git(args: &[&str]) -> anyhow::Result<String> {
         Ok(String::from_utf8(run(args)?)?)
@@ -727,6 +728,29 @@ mod tests {
             .collect();
         packs.sort();
         Ok(packs)
+    }
+
+    /// Group `g`'s pack: `blob`, and the next version of a tree (replacing
+    /// `previous`) to which `names` entries naming the blob are added;
+    /// `entries` is the tree so far. Returns the pack, the blob's id and
+    /// the tree's.
+    fn group_pack(
+        g: u8,
+        blob: &[u8],
+        names: u8,
+        entries: &mut Vec<u8>,
+        previous: Option<ObjectId>,
+    ) -> (PackBuilder, ObjectId, ObjectId) {
+        let mut pack = PackBuilder::default();
+        let blob_id = object_id(Kind::Blob, blob);
+        pack.add(blob_id, Kind::Blob, blob);
+        for i in 0..names {
+            entries.extend_from_slice(format!("100644 g{g}-{i:02}\0").as_bytes());
+            entries.extend_from_slice(blob_id.as_bytes());
+        }
+        let tree = object_id(Kind::Tree, entries);
+        pack.add_tree(tree, std::sync::Arc::new(entries.clone()), previous);
+        (pack, blob_id, tree)
     }
 
     /// A pack made by git (with its own deltas), a folded pack and a group
@@ -765,16 +789,8 @@ mod tests {
         let mut entries = Vec::new();
         let mut previous = None;
         for g in 0..5u8 {
-            let mut pack = PackBuilder::default();
             let blob = if g == 0 { file.clone() } else { vec![g; 100] };
-            let blob_id = object_id(Kind::Blob, &blob);
-            pack.add(blob_id, Kind::Blob, &blob);
-            for i in 0..30u8 {
-                entries.extend_from_slice(format!("100644 g{g}-{i:02}\0").as_bytes());
-                entries.extend_from_slice(blob_id.as_bytes());
-            }
-            let tree = object_id(Kind::Tree, &entries);
-            pack.add_tree(tree, std::sync::Arc::new(entries.clone()), previous);
+            let (mut pack, blob_id, tree) = group_pack(g, &blob, 30, &mut entries, previous);
             previous = Some(tree);
             objects.push((blob_id, "blob", blob));
             objects.push((tree, "tree", entries.clone()));
@@ -840,16 +856,7 @@ mod tests {
         let pack_dir = dir.path().join("objects/pack");
         let (mut entries, mut previous, mut trees) = (Vec::new(), None, Vec::new());
         for g in 0..3u8 {
-            let mut pack = PackBuilder::default();
-            let blob = vec![g; 100];
-            let blob_id = object_id(Kind::Blob, &blob);
-            pack.add(blob_id, Kind::Blob, &blob);
-            for i in 0..40u8 {
-                entries.extend_from_slice(format!("100644 g{g}-{i:02}\0").as_bytes());
-                entries.extend_from_slice(blob_id.as_bytes());
-            }
-            let tree = object_id(Kind::Tree, &entries);
-            pack.add_tree(tree, std::sync::Arc::new(entries.clone()), previous);
+            let (pack, _, tree) = group_pack(g, &[g; 100], 40, &mut entries, previous);
             previous = Some(tree);
             trees.push((tree, entries.clone()));
             packs.write(pack, None)?;
