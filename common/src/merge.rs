@@ -119,8 +119,10 @@ const MAX_VIRTUAL_DEPTH: usize = 8;
 /// How many commits a search for when a key was deleted walks at most.
 const MAX_DELETION_WALK: usize = 1000;
 
-/// Plans the merge of `incoming` into the state `ours` (a store snapshot,
-/// durable at its data commit). Reads Git; holds no lock.
+/// Plans the merge of `incoming` into the state `ours`: a store snapshot
+/// whose data commit is in the repository (`Store::snapshot_in_git`; the
+/// latest snapshot's may still be in the writer's memory). Reads Git;
+/// holds no lock.
 pub fn plan(repo: &LocalRepo, ours: &Snapshot, incoming: &Incoming, policy: &Policy) -> Result<Outcome, MergeError> {
     let head = ours.data_commit;
     if incoming.commit == head {

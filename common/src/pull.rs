@@ -325,17 +325,18 @@ impl Puller {
     async fn merge(&self, incoming: Incoming) -> Result<(), PullError> {
         for _ in 0..MAX_REPLANS {
             let (store, policy, inc) = (self.store.clone(), self.config.policy.clone(), incoming.clone());
-            let outcome =
-                tokio::task::spawn_blocking(move || merge::plan(&store.repo(), &store.snapshot(), &inc, &policy))
-                    .await
-                    .map_err(|_| PullError::Panicked)?
-                    .map_err(|source| {
-                        self.stats.count("merge", false);
-                        PullError::Merge {
-                            name: incoming.name.clone(),
-                            source,
-                        }
-                    })?;
+            let outcome = tokio::task::spawn_blocking(move || {
+                merge::plan(&store.repo(), &store.snapshot_in_git(), &inc, &policy)
+            })
+            .await
+            .map_err(|_| PullError::Panicked)?
+            .map_err(|source| {
+                self.stats.count("merge", false);
+                PullError::Merge {
+                    name: incoming.name.clone(),
+                    source,
+                }
+            })?;
             let set = match outcome {
                 Outcome::UpToDate | Outcome::Unchanged => return Ok(()),
                 Outcome::Changes(set) => set,

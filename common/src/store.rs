@@ -421,6 +421,8 @@ impl StoreMetrics {
 /// What readers share with the writer thread.
 struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
+    /// See [`Store::snapshot_in_git`].
+    in_git: Arc<RwLock<Arc<Snapshot>>>,
     revisions: Arc<revisions::Revisions>,
     /// The events of recent revisions, for watchers and `prev_kv`.
     window: RwLock<events::Window>,
@@ -479,6 +481,7 @@ impl Store {
         let (published, _) = tokio::sync::watch::channel(snapshot.revision);
         let shared = Arc::new(Shared {
             snapshot: RwLock::new(Arc::new(snapshot)),
+            in_git: loaded.in_git.clone(),
             revisions: loaded.revisions(),
             window: RwLock::new(window),
             published,
@@ -532,6 +535,19 @@ impl Store {
             .snapshot
             .read()
             .expect("snapshot lock is never poisoned: holders do not panic")
+            .clone()
+    }
+
+    /// The newest state whose data commit the data ref on disk has reached,
+    /// with every object it names: what a reader of Git starting from
+    /// [`Snapshot::data_commit`] needs (a merge's plan). While writes
+    /// queue, the refs and packs trail the journal, so this trails
+    /// [`Self::snapshot`] by up to 100 ms; otherwise they are the same.
+    pub fn snapshot_in_git(&self) -> Arc<Snapshot> {
+        self.shared
+            .in_git
+            .read()
+            .expect("in-git lock is never poisoned")
             .clone()
     }
 

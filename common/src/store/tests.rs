@@ -531,3 +531,53 @@ async fn deferred_revisions_read_back_and_get_committed() -> anyhow::Result<()> 
     store.close();
     Ok(())
 }
+
+/// While writes queue, the refs and packs trail the journal: the latest
+/// snapshot's data commit may exist only in the writer's memory. The state
+/// in Git always names a commit on disk whose tree holds exactly its keys
+/// (what a merge's plan reads from).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_in_git_is_on_disk_while_writes_queue() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, config) = open(dir.path(), |_| {})?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..48)
+        .map(|c| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    store.put(put(&format!("/d/{c}/{}", n % 40), &format!("v{n}"))).await?;
+                    n += 1;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    let (mut checked, mut trailing) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while (checked < 20 || trailing == 0) && std::time::Instant::now() < deadline {
+        let (in_git, live) = (store.snapshot_in_git(), store.snapshot());
+        assert!(in_git.revision <= live.revision);
+        if in_git.revision < live.revision {
+            trailing += 1;
+        }
+        let commit = in_git.data_commit.to_string();
+        let files = git(&config.repo, &["ls-tree", "-r", "--name-only", &commit])?;
+        assert_eq!(
+            files.lines().count(),
+            in_git.kvs.len(),
+            "the tree of {commit} holds the keys of revision {}",
+            in_git.revision
+        );
+        checked += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await??;
+    }
+    assert!(trailing > 0, "the state in Git never trailed the latest one");
+    store.close();
+    Ok(())
+}

@@ -145,6 +145,12 @@ pub struct Writer {
     pub(super) unpublished: Unpublished,
     /// When the refs last moved on disk.
     published_at: Instant,
+    /// The newest state whose data commit is in the repository, on disk
+    /// with the objects it names: see [`super::Store::snapshot_in_git`].
+    pub(super) in_git: Arc<std::sync::RwLock<Arc<Snapshot>>>,
+    /// The state at the newest refs of [`Self::unpublished`]: `in_git`
+    /// once they move on disk.
+    awaiting_git: Option<Arc<Snapshot>>,
     /// Jobs queued and not yet taken (counted by [`super::Store`]).
     pub(super) queued: Arc<AtomicUsize>,
     pub(super) metrics: super::StoreMetrics,
@@ -197,6 +203,8 @@ impl Writer {
             meta_head: None,
             auth_head: None,
             auth_pending: None,
+            in_git: Arc::new(std::sync::RwLock::new(Arc::new(working.clone()))),
+            awaiting_git: None,
             working,
             revisions: Arc::new(Revisions::default()),
             known: Known::default(),
@@ -390,6 +398,9 @@ impl Writer {
         if let Some(d) = &mut self.durable {
             d.unpublished.clear();
         }
+        if let Some(state) = self.awaiting_git.take() {
+            *self.in_git.write().expect("in-git lock is never poisoned") = state;
+        }
         self.published_at = Instant::now();
         Ok(())
     }
@@ -503,6 +514,8 @@ impl Writer {
         self.group_notes.clear();
         self.lease_changes.clear();
         self.auth_pending = None;
+        // The state in Git stays the older one until the next group.
+        self.awaiting_git = None;
         self.objects.discard();
         let repo_meta = self.repo.ref_target(&self.config.metadata_ref)?;
         let durable = self.durable.clone().expect("an open store is durable");
@@ -768,6 +781,8 @@ impl Writer {
             let on_disk = self.unpublished.get(e.name).map_or(e.old, |&(on_disk, _)| on_disk);
             self.unpublished.insert(e.name.to_owned(), (on_disk, e.new));
         }
+        // The group is flushed: the working state is the new data commit's.
+        self.awaiting_git = Some(Arc::new(self.working.clone()));
         let waiting = self.queued.load(Ordering::Relaxed) > 0;
         if !self.objects.journaled() || !waiting || self.published_at.elapsed() >= PUBLISH_EVERY {
             self.publish_refs()?;
