@@ -34,8 +34,8 @@ struct Args {
     /// Where both servers keep their data (the same disk for both).
     #[arg(long, default_value = "/tmp/trishanku-bench")]
     dir: PathBuf,
-    /// Comma-separated workloads: w1..w7, and w2m (`check perf --load=m`).
-    #[arg(long, default_value = "w1,w2,w3,w4,w5,w6,w7")]
+    /// Comma-separated workloads: w1..w8, and w2m (`check perf --load=m`).
+    #[arg(long, default_value = "w1,w2,w3,w4,w5,w6,w7,w8")]
     workloads: String,
     /// Runs each workload this many times (rows for each run).
     #[arg(long, default_value_t = 1)]
@@ -82,6 +82,7 @@ async fn main() -> Result<()> {
             "w5" => w5_init(&args).await?,
             "w6" => w6_startup(&args).await?,
             "w7" => w7_merge_cost(&args).await?,
+            "w8" => w8_writes_while_merging(&args).await?,
             other => bail!("unknown workload {other}"),
         };
         rows.extend(r);
@@ -215,12 +216,21 @@ async fn start_etcd(etcd: &Path, data: &Path) -> Result<Server> {
 }
 
 async fn start_gitcd(args: &Args, repo: &Path) -> Result<Server> {
+    start_gitcd_with(args, repo, &[]).await
+}
+
+/// gitcd serve on `repo` with `extra` flags.
+async fn start_gitcd_with(args: &Args, repo: &Path, extra: &[String]) -> Result<Server> {
     let port = free_port()?;
     let child = Command::new(&args.gitcd)
         .args(["serve", "--listen-urls", &format!("http://127.0.0.1:{port}")])
         .arg("--repo")
         .arg(repo)
-        .env("RUST_LOG", "warn")
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(repo.with_extension("log")).context("creating gitcd's log")?)
         .spawn()
@@ -786,7 +796,10 @@ async fn w5_init(args: &Args) -> Result<Vec<Row>> {
         .arg("init")
         .arg("--repo")
         .arg(&repo)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .output()?;
     let elapsed = start.elapsed();
     if !out.status.success() {
@@ -993,4 +1006,214 @@ async fn w7_merge_cost(args: &Args) -> Result<Vec<Row>> {
     a.close();
     b.close();
     Ok(rows)
+}
+
+/// W8: W1 on a participant's gitcd (`--upstream-ref`, `--pull-interval
+/// 1s`) while its upstream's `main` changes ten keys every second, so that
+/// a merge lands in the served branch every second; against the same load
+/// on a gitcd that does not pull, and on one that pulls an upstream that
+/// does not change. Each phase starts from a fresh participant.
+async fn w8_writes_while_merging(args: &Args) -> Result<Vec<Row>> {
+    let base = args.dir.join("w8");
+    let _ = std::fs::remove_dir_all(&base);
+    let mut rows = Vec::new();
+    let mut alone = 0.0;
+    for phase in ["alone", "pulling", "merging"] {
+        let dir = base.join(phase);
+        std::fs::create_dir_all(&dir)?;
+        let up = dir.join("up.git");
+        participant_repo(&dir.join("seed.git"), "main", &up, false).await?;
+        let repo = participant_repo(&dir.join("a.git"), "a", &up, true).await?;
+        let metrics_port = free_port()?;
+        let mut extra = vec![
+            "--data-ref".to_owned(),
+            "refs/heads/a".to_owned(),
+            "--committer-name".to_owned(),
+            "a".to_owned(),
+            "--listen-metrics-urls".to_owned(),
+            format!("http://127.0.0.1:{metrics_port}"),
+        ];
+        if phase != "alone" {
+            extra.extend(["--upstream-ref", "refs/heads/main", "--pull-interval", "1s"].map(str::to_owned));
+        }
+        let server = start_gitcd_with(args, &repo, &extra).await?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let writer = (phase == "merging").then(|| {
+            let up = up.clone();
+            tokio::spawn(upstream_writer(up, stopped))
+        });
+        let mut m = w1_kube_writes(server.addr, args.seconds).await?;
+        let _ = stop.send(true);
+        if let Some(writer) = writer {
+            let (rounds, last) = writer.await??;
+            // Every round reaches the served branch: the merges were real.
+            let mut kv = KvClient::new(channel(server.addr).await?);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let got = kv
+                    .range(RangeRequest {
+                        key: last.0.clone(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                if got.kvs.first().is_some_and(|kv| kv.value == last.1) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the upstream's last write did not reach the participant in 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let merges = scrape(
+                metrics_port,
+                "gitcd_pull_operations_total{operation=\"merge\",result=\"success\"}",
+            )
+            .await?
+            .unwrap_or(0.0);
+            eprintln!("   {rounds} upstream commits, {merges} merges applied");
+            for (metric, v) in [("upstream commits", rounds as f64), ("merges applied", merges)] {
+                rows.push(Row {
+                    workload: "w8",
+                    metric: metric.into(),
+                    etcd: Vec::new(),
+                    gitcd: v,
+                    higher_is_better: true,
+                });
+            }
+        }
+        server.stop();
+        m.latencies.sort();
+        let ops = m.ops as f64 / m.elapsed.as_secs_f64();
+        eprintln!("   {phase}: {} ops in {:.1}s", m.ops, m.elapsed.as_secs_f64());
+        for (metric, v, higher) in [
+            ("ops/s", ops, true),
+            ("p50 ms", percentile(&m.latencies, 0.5), false),
+            ("p99 ms", percentile(&m.latencies, 0.99), false),
+        ] {
+            rows.push(Row {
+                workload: "w8",
+                metric: format!("{metric}, {phase}"),
+                etcd: Vec::new(),
+                gitcd: v,
+                higher_is_better: higher,
+            });
+        }
+        if phase == "alone" {
+            alone = ops;
+        } else if alone > 0.0 {
+            rows.push(Row {
+                workload: "w8",
+                metric: format!("ops/s {phase} / alone"),
+                etcd: Vec::new(),
+                gitcd: ops / alone,
+                higher_is_better: true,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// A branch pair `branch` in `repo`, published to `upstream` (created bare
+/// when missing), as git-pre, gitcd-init and git-post leave it; `from_main`
+/// starts it from the upstream's `main`.
+async fn participant_repo(repo: &Path, branch: &str, upstream: &Path, from_main: bool) -> Result<PathBuf> {
+    use common::remote::{Credentials, Remote};
+    if !upstream.exists() {
+        let ok = Command::new("git")
+            .args(["init", "-q", "--bare"])
+            .arg(upstream)
+            .status()?;
+        anyhow::ensure!(ok.success(), "git init --bare {}", upstream.display());
+    }
+    let remote = Remote {
+        name: "origin".into(),
+        url: format!("file://{}", upstream.display()),
+    };
+    let mut c = common::store::StoreConfig::with_repo(repo);
+    c.data_ref = format!("refs/heads/{branch}");
+    c.metadata_ref = format!("refs/gitcd/metadata/refs/heads/{branch}");
+    common::prepare::prepare(&common::prepare::PrepareConfig {
+        repo: c.repo.clone(),
+        data_ref: c.data_ref.clone(),
+        metadata_ref: c.metadata_ref.clone(),
+        committer: c.committer.clone(),
+        remote: Some((remote.clone(), Credentials::default())),
+        upstream_ref: from_main.then(|| "refs/heads/main".to_owned()),
+        create_missing: true,
+        timeout: Duration::from_secs(30),
+    })?;
+    common::store::Store::init(&c)?;
+    common::publish::publish(&common::publish::PublishConfig {
+        repo: c.repo.clone(),
+        data_ref: c.data_ref,
+        metadata_ref: c.metadata_ref,
+        remote,
+        credentials: Credentials::default(),
+        max_attempts: 3,
+        max_elapsed: Duration::from_secs(30),
+        timeout: Duration::from_secs(30),
+    })
+    .await?;
+    Ok(c.repo)
+}
+
+/// Commits ten changed keys to `upstream`'s `main` every second until
+/// `stop`; returns how many commits it made and the last key and value.
+async fn upstream_writer(
+    upstream: PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(usize, (Bytes, Bytes))> {
+    let mut c = common::store::StoreConfig::with_repo(&upstream);
+    c.data_ref = "refs/heads/main".into();
+    c.metadata_ref = "refs/gitcd/metadata/refs/heads/main".into();
+    c.committer.name = "upstream".into();
+    let store = tokio::task::spawn_blocking(move || common::store::Store::open(c)).await??;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let (mut rounds, mut last) = (0usize, (Bytes::new(), Bytes::new()));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let ops = (0..10)
+            .map(|i| {
+                let key = Bytes::from(format!("/registry/configmaps/upstream/cm-{}", (rounds * 10 + i) % 200));
+                let value = kube_value(&mut rng, 2048);
+                last = (key.clone(), value.clone());
+                RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key,
+                        value,
+                        ..Default::default()
+                    })),
+                }
+            })
+            .collect();
+        store
+            .txn(TxnRequest {
+                compare: vec![],
+                success: ops,
+                failure: vec![],
+            })
+            .await?;
+        rounds += 1;
+    }
+    store.close();
+    Ok((rounds, last))
+}
+
+/// The value of the Prometheus sample `name` (with its labels, as printed)
+/// on `port`'s `/metrics`.
+async fn scrape(port: u16, name: &str) -> Result<Option<f64>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok()))
 }
