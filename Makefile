@@ -76,7 +76,7 @@ e2e-manifests: deps ## Render, validate and apply the manifests on kube-apiserve
 	E2E_CACHE=$(E2E_CACHE) e2e/k8s/build.sh
 	E2E_CACHE=$(E2E_CACHE) TARGET=$(CURDIR)/target/release e2e/manifests/run.sh
 
-bench: deps ## Benchmark gitcd against a real etcd in the same run (W1-W6); prints a table (see docs/performance.md)
+bench: deps ## Benchmark gitcd against a real etcd in the same run (W1-W8); prints a table (see docs/performance.md)
 	$(CARGO) build --release --bin gitcd -p trishanku --bin gitcd-bench -p trishanku-bench
 	target/release/gitcd-bench --gitcd target/release/gitcd --etcd $(ETCD35)/bin/etcd,etcd $(BENCH_ARGS)
 
