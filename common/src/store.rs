@@ -542,7 +542,7 @@ impl Store {
     /// with every object it names: what a reader of Git starting from
     /// [`Snapshot::data_commit`] needs (a merge's plan). While writes
     /// queue, the refs and packs trail the journal, so this trails
-    /// [`Self::snapshot`] by up to 100 ms; otherwise they are the same.
+    /// [`Self::snapshot`] by up to 100 ms (it is never ahead of it).
     pub fn snapshot_in_git(&self) -> Arc<Snapshot> {
         self.shared
             .in_git

@@ -83,7 +83,7 @@ impl Writer {
         let fresh = w.repo.fresh();
         w.objects.attach_journal(journal, fresh);
         w.mark_durable();
-        *w.in_git.write().expect("in-git lock is never poisoned") = Arc::new(w.working.clone());
+        w.reset_in_git();
         Ok(w)
     }
 

@@ -571,7 +571,6 @@ async fn the_state_in_git_is_on_disk_while_writes_queue() -> anyhow::Result<()> 
             in_git.revision
         );
         checked += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {

@@ -148,9 +148,12 @@ pub struct Writer {
     /// The newest state whose data commit is in the repository, on disk
     /// with the objects it names: see [`super::Store::snapshot_in_git`].
     pub(super) in_git: Arc<std::sync::RwLock<Arc<Snapshot>>>,
-    /// The state at the newest refs of [`Self::unpublished`]: `in_git`
+    /// The state at the newest refs of [`Self::unpublished`]: `on_disk`
     /// once they move on disk.
     awaiting_git: Option<Arc<Snapshot>>,
+    /// A state whose refs moved on disk: `in_git` once it is published
+    /// (so that `in_git` never runs ahead of the published snapshot).
+    on_disk: Option<Arc<Snapshot>>,
     /// Jobs queued and not yet taken (counted by [`super::Store`]).
     pub(super) queued: Arc<AtomicUsize>,
     pub(super) metrics: super::StoreMetrics,
@@ -205,6 +208,7 @@ impl Writer {
             auth_pending: None,
             in_git: Arc::new(std::sync::RwLock::new(Arc::new(working.clone()))),
             awaiting_git: None,
+            on_disk: None,
             working,
             revisions: Arc::new(Revisions::default()),
             known: Known::default(),
@@ -364,7 +368,8 @@ impl Writer {
     /// is tried again later.
     fn publish_refs_idle(&mut self) {
         match self.publish_refs() {
-            Ok(()) => {}
+            // Between batches: every state is published.
+            Ok(()) => self.show_in_git(),
             Err(StorageError::Repo(RepoError::RefConflict { .. })) => {
                 tracing::info!(data_ref = %self.config.data_ref, "the data ref moved before gitcd's last writes reached it; merging");
                 self.refs_changed.store(true, Ordering::Release);
@@ -399,7 +404,7 @@ impl Writer {
             d.unpublished.clear();
         }
         if let Some(state) = self.awaiting_git.take() {
-            *self.in_git.write().expect("in-git lock is never poisoned") = state;
+            self.on_disk = Some(state);
         }
         self.published_at = Instant::now();
         Ok(())
@@ -487,6 +492,20 @@ impl Writer {
             *r = revision;
             changed
         });
+        self.show_in_git();
+    }
+
+    /// Hands readers of Git the published state whose refs moved on disk.
+    fn show_in_git(&mut self) {
+        if let Some(state) = self.on_disk.take() {
+            *self.in_git.write().expect("in-git lock is never poisoned") = state;
+        }
+    }
+
+    /// At open: the state in Git is the opened one.
+    pub(super) fn reset_in_git(&mut self) {
+        (self.awaiting_git, self.on_disk) = (None, None);
+        *self.in_git.write().expect("in-git lock is never poisoned") = Arc::new(self.working.clone());
     }
 
     /// The disk is full: raise etcd's NOSPACE alarm, so that writes which
@@ -516,6 +535,7 @@ impl Writer {
         self.auth_pending = None;
         // The state in Git stays the older one until the next group.
         self.awaiting_git = None;
+        self.on_disk = None;
         self.objects.discard();
         let repo_meta = self.repo.ref_target(&self.config.metadata_ref)?;
         let durable = self.durable.clone().expect("an open store is durable");
