@@ -62,6 +62,28 @@ struct Row {
     higher_is_better: bool,
 }
 
+impl Row {
+    /// A row of a gitcd-only workload.
+    fn gitcd(workload: &'static str, metric: impl Into<String>, gitcd: f64, higher_is_better: bool) -> Self {
+        Self {
+            workload,
+            metric: metric.into(),
+            etcd: Vec::new(),
+            gitcd,
+            higher_is_better,
+        }
+    }
+}
+
+/// The config of branch pair `branch` (`refs/heads/<branch>` and its
+/// metadata ref) in `repo`.
+fn branch_config(repo: &Path, branch: &str) -> common::store::StoreConfig {
+    let mut c = common::store::StoreConfig::with_repo(repo);
+    c.data_ref = format!("refs/heads/{branch}");
+    c.metadata_ref = format!("refs/gitcd/metadata/refs/heads/{branch}");
+    c
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = Args::parse();
@@ -810,13 +832,12 @@ async fn w5_init(args: &Args) -> Result<Vec<Row>> {
         args.history_commits,
         elapsed.as_secs_f64()
     );
-    Ok(vec![Row {
-        workload: "w5",
-        metric: format!("gitcd init commits/s ({} commits, {files} files)", args.history_commits),
-        etcd: Vec::new(),
-        gitcd: args.history_commits as f64 / elapsed.as_secs_f64(),
-        higher_is_better: true,
-    }])
+    Ok(vec![Row::gitcd(
+        "w5",
+        format!("gitcd init commits/s ({} commits, {files} files)", args.history_commits),
+        args.history_commits as f64 / elapsed.as_secs_f64(),
+        true,
+    )])
 }
 
 /// W6: start-up with many keys: load them, stop the server, start it again,
@@ -891,17 +912,12 @@ async fn w6_startup(args: &Args) -> Result<Vec<Row>> {
 /// cost in proportion to what changed, not to the store's size.
 async fn w7_merge_cost(args: &Args) -> Result<Vec<Row>> {
     use common::merge::{Incoming, Outcome, Policy};
-    use common::store::{Store, StoreConfig};
+    use common::store::Store;
     let base = args.dir.join("w7");
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
     let repo = base.join("repo.git");
-    let pair = |name: &str| {
-        let mut c = StoreConfig::with_repo(&repo);
-        c.data_ref = format!("refs/heads/{name}");
-        c.metadata_ref = format!("refs/gitcd/metadata/refs/heads/{name}");
-        c
-    };
+    let pair = |name: &str| branch_config(&repo, name);
     let a = tokio::task::spawn_blocking({
         let c = pair("a");
         move || Store::open(c)
@@ -994,13 +1010,12 @@ async fn w7_merge_cost(args: &Args) -> Result<Vec<Row>> {
             ms(applies[2])
         );
         for (what, d) in [("plan", plans[2]), ("apply", applies[2])] {
-            rows.push(Row {
-                workload: "w7",
-                metric: format!("merge {what} ms, {changed} keys of {}", args.startup_keys),
-                etcd: Vec::new(),
-                gitcd: ms(d),
-                higher_is_better: false,
-            });
+            rows.push(Row::gitcd(
+                "w7",
+                format!("merge {what} ms, {changed} keys of {}", args.startup_keys),
+                ms(d),
+                false,
+            ));
         }
     }
     a.close();
@@ -1080,13 +1095,7 @@ async fn w8_writes_while_merging(args: &Args) -> Result<Vec<Row>> {
             .unwrap_or(0.0);
             eprintln!("   {rounds} upstream commits, {merges} merges applied");
             for (metric, v) in [("upstream commits", rounds as f64), ("merges applied", merges)] {
-                rows.push(Row {
-                    workload: "w8",
-                    metric: metric.into(),
-                    etcd: Vec::new(),
-                    gitcd: v,
-                    higher_is_better: true,
-                });
+                rows.push(Row::gitcd("w8", metric, v, true));
             }
         }
         server.stop();
@@ -1098,24 +1107,17 @@ async fn w8_writes_while_merging(args: &Args) -> Result<Vec<Row>> {
             ("p50 ms", percentile(&m.latencies, 0.5), false),
             ("p99 ms", percentile(&m.latencies, 0.99), false),
         ] {
-            rows.push(Row {
-                workload: "w8",
-                metric: format!("{metric}, {phase}"),
-                etcd: Vec::new(),
-                gitcd: v,
-                higher_is_better: higher,
-            });
+            rows.push(Row::gitcd("w8", format!("{metric}, {phase}"), v, higher));
         }
         rates.insert(phase, ops);
     }
     for phase in ["pulling", "merging"] {
-        rows.push(Row {
-            workload: "w8",
-            metric: format!("ops/s {phase} / alone"),
-            etcd: Vec::new(),
-            gitcd: rates[phase] / rates["alone"],
-            higher_is_better: true,
-        });
+        rows.push(Row::gitcd(
+            "w8",
+            format!("ops/s {phase} / alone"),
+            rates[phase] / rates["alone"],
+            true,
+        ));
     }
     Ok(rows)
 }
@@ -1136,9 +1138,7 @@ async fn participant_repo(repo: &Path, branch: &str, upstream: &Path, from_main:
         name: "origin".into(),
         url: format!("file://{}", upstream.display()),
     };
-    let mut c = common::store::StoreConfig::with_repo(repo);
-    c.data_ref = format!("refs/heads/{branch}");
-    c.metadata_ref = format!("refs/gitcd/metadata/refs/heads/{branch}");
+    let c = branch_config(repo, branch);
     common::prepare::prepare(&common::prepare::PrepareConfig {
         repo: c.repo.clone(),
         data_ref: c.data_ref.clone(),
@@ -1170,9 +1170,7 @@ async fn upstream_writer(
     upstream: PathBuf,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(usize, (Bytes, Bytes))> {
-    let mut c = common::store::StoreConfig::with_repo(&upstream);
-    c.data_ref = "refs/heads/main".into();
-    c.metadata_ref = "refs/gitcd/metadata/refs/heads/main".into();
+    let mut c = branch_config(&upstream, "main");
     c.committer.name = "upstream".into();
     let store = tokio::task::spawn_blocking(move || common::store::Store::open(c)).await??;
     let mut rng = rand::rngs::StdRng::seed_from_u64(8);
