@@ -225,6 +225,11 @@ pub struct StoreConfig {
     /// Most revisions one commit may group when writes queue up (1: every
     /// revision is its own commit).
     pub max_commit_revisions: usize,
+    /// With a journal, while more writes wait, how long acknowledged
+    /// revisions may stay in the journal before their commit (and the refs
+    /// move): the journal makes each batch durable, and a commit costs its
+    /// trees. When nothing waits a write is committed before its answer.
+    pub commit_interval: Duration,
     /// Whether this store may maintain the repository's packs.
     pub maintenance: Maintenance,
     /// The member id of the alarms the store raises itself (a full disk).
@@ -245,7 +250,8 @@ impl StoreConfig {
             start_revision: 1,
             history_window: 10_000,
             poll_interval: Duration::from_millis(500),
-            max_commit_revisions: 512,
+            max_commit_revisions: 4096,
+            commit_interval: Duration::from_millis(250),
             maintenance: Maintenance::Auto,
             member_id: 0,
         }

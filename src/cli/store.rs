@@ -91,8 +91,11 @@ pub struct StoreArgs {
     #[arg(long, env = "GITCD_PACK_MAINTENANCE", default_value = "auto", value_parser = ["auto", "off"])]
     pub pack_maintenance: String,
     /// Most revisions one commit may group when writes arrive faster than commits are made; 1 makes every revision its own commit.
-    #[arg(long, env = "GITCD_MAX_COMMIT_REVISIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, env = "GITCD_MAX_COMMIT_REVISIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_commit_revisions: u32,
+    /// Under load, how long acknowledged writes may wait in the journal for their commit (and Git's refs for them); 0 commits every batch.
+    #[arg(long, env = "GITCD_COMMIT_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub commit_interval: Duration,
 }
 
 impl StoreArgs {
@@ -108,6 +111,7 @@ impl StoreArgs {
             history_window: self.history_window as usize,
             poll_interval: self.poll_interval,
             max_commit_revisions: self.max_commit_revisions as usize,
+            commit_interval: self.commit_interval,
             maintenance: match self.pack_maintenance.as_str() {
                 "off" => common::repo::Maintenance::Off,
                 _ => common::repo::Maintenance::Auto,

@@ -185,7 +185,7 @@ async fn one_maintainer_per_repository() -> Result<()> {
 }
 
 /// A person's commit made on top of the data ref while writes queue: the
-/// refs then lag the journal (they move every 100 ms at most), so the
+/// refs then lag the journal (they move once per commit interval at most), so the
 /// commit is made on a ref behind the acknowledged writes. It is merged,
 /// not taken as the new state: every acknowledged write stays, every pushed
 /// file becomes a key, and the branch descends from every pushed commit.

@@ -44,18 +44,19 @@ impl Writer {
         data: DataCommit<'_>,
         notes: &[String],
     ) -> Result<(), StorageError> {
-        self.write_revisions(revisions, data, notes, 0)
+        self.write_revisions(revisions, data, notes, 0, 0)
     }
 
     /// [`Writer::write_commits`], where the first `announced` revisions were
     /// deferred (`Writer::defer_group`): their events are out, their
-    /// values' blobs written and counted.
+    /// values' blobs written and counted; the trees hold the first `staged`.
     fn write_revisions(
         &mut self,
         revisions: &[Arc<RevisionEvents>],
         data: DataCommit<'_>,
         notes: &[String],
         announced: usize,
+        staged: usize,
     ) -> Result<(), StorageError> {
         let (Some(first), Some(last)) = (revisions.first(), revisions.last()) else {
             return Ok(());
@@ -64,44 +65,15 @@ impl Writer {
         self.metrics.commits.inc();
         self.metrics.revisions_per_commit.observe((last - first + 1) as f64);
         let external = matches!(data, DataCommit::Existing(_));
-        // Each key's state after the last revision.
-        let mut finals: BTreeMap<&Bytes, Option<&Kv>> = BTreeMap::new();
-        // The blob of each key's final value: the log names it.
-        let mut blobs: HashMap<Bytes, ObjectId> = HashMap::new();
-        for (i, r) in revisions.iter().enumerate() {
+        for r in &revisions[announced..] {
             for c in &r.changes {
-                finals.insert(&c.key, c.new.as_ref());
-                if i >= announced {
-                    let size = |kv: Option<&Kv>| kv.map_or(0, |kv| super::kv_bytes(&c.key, kv));
-                    self.working.live_bytes += size(c.new.as_ref()) - size(c.prev.as_ref());
-                }
+                let size = |kv: Option<&Kv>| kv.map_or(0, |kv| super::kv_bytes(&c.key, kv));
+                self.working.live_bytes += size(c.new.as_ref()) - size(c.prev.as_ref());
             }
         }
-        for (key, new) in finals {
-            let hex = meta::key_hex(key);
-            match new {
-                Some(kv) => {
-                    if !external {
-                        let blob = match self.deferred_blobs.get(key) {
-                            Some(&(rev, id)) if rev == kv.meta.mod_revision => id,
-                            _ => self.objects.write(Kind::Blob, &kv.value)?,
-                        };
-                        self.data_tree.put(&self.repo, &keys::encode(key), blob)?;
-                        blobs.insert(key.clone(), blob);
-                    }
-                    let blob = self.objects.write(Kind::Blob, &meta::encode_key(key, &kv.meta))?;
-                    let trie = (meta::KEYS_DIR, meta::KEYS_TOP_DIGITS, meta::KEYS_MAX_LEAF);
-                    self.meta_tree.put_hashed(&self.repo, trie, &hex, blob)?;
-                }
-                None => {
-                    if !external {
-                        self.data_tree.remove(&self.repo, &keys::encode(key))?;
-                    }
-                    self.meta_tree
-                        .remove_hashed(&self.repo, (meta::KEYS_DIR, meta::KEYS_TOP_DIGITS), &hex)?;
-                }
-            }
-        }
+        // The blob of each key's final value: the log names it. Staged
+        // revisions' blobs are the deferred ones.
+        let blobs = self.stage(&revisions[staged.min(revisions.len())..], external)?;
         let mut message = if first == last {
             last.to_string()
         } else {
@@ -157,9 +129,17 @@ impl Writer {
                         .map(|(i, c)| meta::LogChange {
                             key: c.key.clone(),
                             new: c.new.as_ref().map(|kv| (kv.meta, kv.value.clone())),
-                            blob: (last.get(&c.key) == Some(&(r.revision, i)) && c.new.is_some())
-                                .then(|| blobs.get(&c.key).copied())
-                                .flatten(),
+                            blob: match &c.new {
+                                Some(kv) if last.get(&c.key) == Some(&(r.revision, i)) => {
+                                    blobs.get(&c.key).copied().or_else(|| {
+                                        self.deferred_blobs
+                                            .get(&c.key)
+                                            .filter(|(rev, _)| *rev == kv.meta.mod_revision)
+                                            .map(|&(_, id)| id)
+                                    })
+                                }
+                                _ => None,
+                            },
                         })
                         .collect(),
                 })
@@ -169,12 +149,56 @@ impl Writer {
         self.write_meta_commit(first, last, &meta_message, log)
     }
 
+    /// Puts the final state of each key `revisions` change into the data
+    /// tree (unless `external`: the data commit exists) and the metadata
+    /// trie; the blob of each key's final value.
+    pub(super) fn stage(
+        &mut self,
+        revisions: &[Arc<RevisionEvents>],
+        external: bool,
+    ) -> Result<HashMap<Bytes, ObjectId>, StorageError> {
+        let mut finals: BTreeMap<&Bytes, Option<&Kv>> = BTreeMap::new();
+        for r in revisions {
+            for c in &r.changes {
+                finals.insert(&c.key, c.new.as_ref());
+            }
+        }
+        let mut blobs = HashMap::new();
+        for (key, new) in finals {
+            let hex = meta::key_hex(key);
+            match new {
+                Some(kv) => {
+                    if !external {
+                        let blob = match self.deferred_blobs.get(key) {
+                            Some(&(rev, id)) if rev == kv.meta.mod_revision => id,
+                            _ => self.objects.write(Kind::Blob, &kv.value)?,
+                        };
+                        self.data_tree.put(&self.repo, &keys::encode(key), blob)?;
+                        blobs.insert(key.clone(), blob);
+                    }
+                    let blob = self.objects.write(Kind::Blob, &meta::encode_key(key, &kv.meta))?;
+                    let trie = (meta::KEYS_DIR, meta::KEYS_TOP_DIGITS, meta::KEYS_MAX_LEAF);
+                    self.meta_tree.put_hashed(&self.repo, trie, &hex, blob)?;
+                }
+                None => {
+                    if !external {
+                        self.data_tree.remove(&self.repo, &keys::encode(key))?;
+                    }
+                    self.meta_tree
+                        .remove_hashed(&self.repo, (meta::KEYS_DIR, meta::KEYS_TOP_DIGITS), &hex)?;
+                }
+            }
+        }
+        Ok(blobs)
+    }
+
     /// Writes the revisions applied since the last commit as one commit.
     pub(super) fn flush_group(&mut self) -> Result<(), StorageError> {
         let group = std::mem::take(&mut self.group);
         let notes = std::mem::take(&mut self.group_notes);
         let announced = std::mem::take(&mut self.announced);
-        self.write_revisions(&group, DataCommit::new(), &notes, announced)
+        let staged = std::mem::take(&mut self.staged);
+        self.write_revisions(&group, DataCommit::new(), &notes, announced, staged)
     }
 
     /// Writes the one revision in the group (a change set's, applied right
@@ -185,6 +209,10 @@ impl Writer {
         let group = std::mem::take(&mut self.group);
         let mut notes = std::mem::take(&mut self.group_notes);
         let announced = std::mem::take(&mut self.announced);
+        // The group was committed before the change set was applied: its
+        // one revision is not staged.
+        let staged = std::mem::take(&mut self.staged);
+        debug_assert_eq!(staged, 0);
         if !own.message.is_empty() {
             notes.insert(0, own.message.clone());
         }
@@ -194,7 +222,7 @@ impl Writer {
                 let tree = self.repo.commit(target)?.tree;
                 self.data_tree = TreeNode::load(&self.repo, tree)?;
                 // The metadata still needs each key's new bookkeeping.
-                self.write_revisions(&group, DataCommit::Existing(target), &notes, announced)
+                self.write_revisions(&group, DataCommit::Existing(target), &notes, announced, 0)
             }
             ff => {
                 let parents: Vec<ObjectId> = own.parents.iter().copied().chain(ff).collect();
@@ -205,6 +233,7 @@ impl Writer {
                     },
                     &notes,
                     announced,
+                    0,
                 )
             }
         }

@@ -517,6 +517,19 @@ async fn deferred_revisions_read_back_and_get_committed() -> anyhow::Result<()> 
         })
         .sum();
     assert_eq!(spans, last, "every revision in exactly one commit");
+    // The trees, filled as the revisions were deferred, hold every key.
+    let files = git(&config.repo, &["ls-tree", "-r", "--name-only", &config.data_ref])?;
+    let mut files: Vec<&str> = files.lines().collect();
+    let mut written: Vec<&str> = keys.values().map(|k| k.trim_start_matches('/')).collect();
+    files.sort_unstable();
+    written.sort_unstable();
+    assert_eq!(files, written, "the data tree's files are the keys written");
+    let (_, sample) = keys.iter().nth(keys.len() / 2).expect("writes");
+    let value = git(
+        &config.repo,
+        &["show", &format!("{}:{}", config.data_ref, &sample[1..])],
+    )?;
+    assert!(value.starts_with('v'), "{sample}'s file holds its value: {value:?}");
     store.close();
     let (store, _) = open(dir.path(), |_| {})?;
     for (rev, key) in keys.iter().step_by(97) {
@@ -528,6 +541,37 @@ async fn deferred_revisions_read_back_and_get_committed() -> anyhow::Result<()> 
         );
     }
     assert_eq!(store.snapshot().revision, last);
+    store.close();
+    Ok(())
+}
+
+/// With `commit_interval` zero nothing is deferred: every batch of queued
+/// writes is committed before its answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_commit_interval_commits_every_batch() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, config) = open(dir.path(), |c| c.commit_interval = Duration::ZERO)?;
+    let mut last = 0;
+    for round in 0..20 {
+        let writes: Vec<_> = (0..16)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.put(put(&format!("/z/{round}/{i}"), "v")).await })
+            })
+            .collect();
+        for w in writes {
+            last = last.max(w.await??.header.map_or(0, |h| h.revision));
+        }
+        assert!(
+            store.shared.revisions.deferred().is_empty(),
+            "round {round} deferred revisions"
+        );
+    }
+    let spans: i64 = settled_messages(&config, last)?
+        .iter()
+        .map(|m| parse_revisions(m.as_bytes()).map_or(0, |(first, last, _)| last - first + 1))
+        .sum();
+    assert_eq!(spans, last, "every revision in exactly one commit");
     store.close();
     Ok(())
 }

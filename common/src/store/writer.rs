@@ -33,14 +33,12 @@ const MAX_CONFLICT_RETRIES: usize = 16;
 const GATHER_TREES: u64 = 4 << 20;
 /// Longest a group waits to gather requests.
 const MAX_GATHER: Duration = Duration::from_millis(50);
-/// With a journal, while more writes wait, the refs move at most this
-/// often: the journal makes each group durable, and a ref move costs a
-/// file created and one freed. When nothing waits they move before the
-/// answer, as without a journal.
-const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// Deferred revisions are committed once no batch came for this long (a
-/// burst ended), or at `PUBLISH_EVERY`.
-const IDLE_COMMIT: Duration = Duration::from_millis(2);
+/// burst ended), or at the store's `commit_interval`. Under load a pause
+/// this long is rare; a shorter one (a few milliseconds, while the clients
+/// just answered send their next requests) would commit every few batches
+/// and spend the writer on trees.
+const IDLE_COMMIT: Duration = Duration::from_millis(50);
 /// The journal entry naming the newest log of deferred revisions (see
 /// [`Writer::defer_group`]); not a ref (no ref name has a colon).
 pub(super) const DEFERRED_ENTRY: &str = "gitcd:deferred";
@@ -128,6 +126,10 @@ pub struct Writer {
     /// How many of `group`'s revisions are deferred: acknowledged, their
     /// events handed out, their values' blobs written.
     pub(super) announced: usize,
+    /// How many of `group`'s revisions the in-memory data and metadata
+    /// trees already hold (staged as they were deferred, so that a commit
+    /// writes trees only). Zero after a rollback reloads the trees.
+    pub(super) staged: usize,
     /// The newest journaled log of the deferred revisions.
     deferred_log: Option<ObjectId>,
     /// Each deferred key's newest value blob, by mod revision: its commit
@@ -217,6 +219,7 @@ impl Writer {
             group: Vec::new(),
             group_notes: Vec::new(),
             announced: 0,
+            staged: 0,
             deferred_log: None,
             deferred_blobs: Default::default(),
             lease_changes: Vec::new(),
@@ -278,7 +281,7 @@ impl Writer {
             let poll_due = last_ref_read + self.config.poll_interval;
             let mut wake = next_expiry.map_or(poll_due, |d| d.min(poll_due));
             if !self.unpublished.is_empty() || !self.group.is_empty() {
-                wake = wake.min(self.published_at + PUBLISH_EVERY);
+                wake = wake.min(self.published_at + self.config.commit_interval);
             }
             if !self.group.is_empty() {
                 wake = wake.min(last_batch + IDLE_COMMIT);
@@ -327,7 +330,7 @@ impl Writer {
             if read_refs {
                 last_ref_read = Instant::now();
             }
-            let due = Instant::now() >= self.published_at + PUBLISH_EVERY;
+            let due = Instant::now() >= self.published_at + self.config.commit_interval;
             // Deferred revisions get their commit once it is due.
             let commit_due = !self.group.is_empty() && (due || Instant::now() >= last_batch + IDLE_COMMIT);
             if batch.is_empty() && !read_refs && !commit_due {
@@ -530,6 +533,7 @@ impl Writer {
         self.pending_events.clear();
         self.group.clear();
         self.announced = 0;
+        self.staged = 0;
         self.group_notes.clear();
         self.lease_changes.clear();
         self.auth_pending = None;
@@ -631,7 +635,7 @@ impl Writer {
             && self.objects.journaled()
             && auth_notes.is_empty()
             && self.group_notes.is_empty()
-            && self.published_at.elapsed() < PUBLISH_EVERY
+            && self.published_at.elapsed() < self.config.commit_interval
         {
             if wrote {
                 self.defer_group()?;
@@ -748,6 +752,9 @@ impl Writer {
         self.objects.sync()?;
         self.objects.commit(&[(DEFERRED_ENTRY, id)])?;
         self.deferred_log = Some(id);
+        // The commit to come writes trees only.
+        self.stage(&new, false)?;
+        self.staged = self.group.len();
         self.pending_events.extend(new);
         self.announced = self.group.len();
         self.revisions.set_deferred(self.group.clone());
@@ -795,7 +802,7 @@ impl Writer {
         }
         // With a journal, the refs move unsynced and one journal record,
         // synced, makes the group durable (packs and refs alike). While
-        // more writes wait, the refs stay behind for up to PUBLISH_EVERY.
+        // more writes wait, the refs stay behind for up to the commit interval.
         let moved: Vec<(String, ObjectId)> = edits.iter().map(|e| (e.name.to_owned(), e.new)).collect();
         for e in edits {
             let on_disk = self.unpublished.get(e.name).map_or(e.old, |&(on_disk, _)| on_disk);
@@ -804,7 +811,7 @@ impl Writer {
         // The group is flushed: the working state is the new data commit's.
         self.awaiting_git = Some(Arc::new(self.working.clone()));
         let waiting = self.queued.load(Ordering::Relaxed) > 0;
-        if !self.objects.journaled() || !waiting || self.published_at.elapsed() >= PUBLISH_EVERY {
+        if !self.objects.journaled() || !waiting || self.published_at.elapsed() >= self.config.commit_interval {
             self.publish_refs()?;
         }
         let mut moved: Vec<(&str, ObjectId)> = moved.iter().map(|(name, id)| (name.as_str(), *id)).collect();
