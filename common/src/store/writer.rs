@@ -745,6 +745,10 @@ impl Writer {
                 changes,
             });
         }
+        // The commit to come writes trees only. Before the journal record:
+        // a failure here fails the batch with nothing made durable.
+        self.stage(&new, false)?;
+        self.staged = self.group.len();
         let previous = self.deferred_log.map_or_else(|| "none".to_owned(), |id| id.to_string());
         let mut content = format!("{DEFERRED_HEADER}\nprevious {previous}\n").into_bytes();
         content.extend(crate::meta::encode_log(&log));
@@ -752,9 +756,6 @@ impl Writer {
         self.objects.sync()?;
         self.objects.commit(&[(DEFERRED_ENTRY, id)])?;
         self.deferred_log = Some(id);
-        // The commit to come writes trees only.
-        self.stage(&new, false)?;
-        self.staged = self.group.len();
         self.pending_events.extend(new);
         self.announced = self.group.len();
         self.revisions.set_deferred(self.group.clone());
