@@ -73,7 +73,7 @@ impl Writer {
         }
         // The blob of each key's final value: the log names it. Staged
         // revisions' blobs are the deferred ones.
-        let blobs = self.stage(&revisions[staged.min(revisions.len())..], external)?;
+        let blobs = self.stage(&revisions[staged..], external)?;
         let mut message = if first == last {
             last.to_string()
         } else {

@@ -49,7 +49,7 @@ fn meta_messages(config: &StoreConfig) -> anyhow::Result<Vec<String>> {
 }
 
 /// The metadata messages once the metadata ref on disk reaches `revision`
-/// (the writer moves it at most `PUBLISH_EVERY` after the answers).
+/// (the writer moves it at most a commit interval after the answers).
 fn settled_messages(config: &StoreConfig, revision: i64) -> anyhow::Result<Vec<String>> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -141,7 +141,7 @@ async fn change_sets_commit_alone() -> anyhow::Result<()> {
     }
     let rev = applied.revision.expect("the set changed keys");
     // Writes queued with it may be committed (and the refs moved) up to
-    // PUBLISH_EVERY after their answers.
+    // a commit interval after their answers.
     let messages = settled_messages(&config, rev + 20)?;
     assert!(
         messages.contains(&format!("{rev}-{rev}")),
@@ -441,7 +441,7 @@ async fn key_directories_split_as_they_grow() -> anyhow::Result<()> {
 /// Writes that queue while others are answered are acknowledged before
 /// their commit (the journal holds them): meanwhile each such revision
 /// reads back exactly (a Range at it, its events), the commit follows
-/// within `PUBLISH_EVERY`, and a reopened store has every write.
+/// within the commit interval, and a reopened store has every write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_revisions_read_back_and_get_committed() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
